@@ -1,0 +1,1 @@
+"""The TensorFlow CIFAR-10 tutorial CNN, trained data-parallel with Horovod."""
