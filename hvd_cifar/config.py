@@ -1,0 +1,106 @@
+"""Flags and the tutorial's training constants, and the one-line error contract of every command.
+
+Every expected failure (bad flag, missing or corrupt file, wrong checkpoint) ends as one line
+`hvd_cifar: error: ...` on stderr and a non-zero exit, never a traceback.
+"""
+import argparse
+import dataclasses
+import sys
+
+# The tutorial's cifar10.py constants describing the training process.
+INITIAL_LEARNING_RATE = 0.1        # Initial learning rate (per worker, before scaling).
+NUM_EPOCHS_PER_DECAY = 350.0       # Epochs after which the learning rate decays.
+LEARNING_RATE_DECAY_FACTOR = 0.1   # Learning rate decay factor.
+MOVING_AVERAGE_DECAY = 0.9999      # The decay to use for the moving average.
+
+
+class UserError(Exception):
+    """An expected failure the user can fix; its message names the file or flag."""
+
+
+def fail(message, status=1):
+    print(f"hvd_cifar: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def run_command(main):
+    """Run a command's main(); a UserError becomes the one-line error and exit status 1."""
+    try:
+        return main()
+    except UserError as error:
+        fail(error)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one `hvd_cifar: error:` line instead of usage + message."""
+
+    def error(self, message):
+        fail(message, status=2)
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def flag(default, help, type=None, **argparse_options):
+    """A dataclass field that is also a command-line flag (help and argparse type beside it)."""
+    return dataclasses.field(default=default,
+                             metadata={"help": help, "type": type, **argparse_options})
+
+
+def add_dataclass_flags(parser, config_class):
+    """Add one `--name` (and `--dashed-name`) flag per field of config_class, with its default."""
+    for field in dataclasses.fields(config_class):
+        options = dict(field.metadata)
+        names = [f"--{field.name}"]
+        if "_" in field.name:
+            names.append(f"--{field.name.replace('_', '-')}")
+        help_text = options.pop("help")
+        if field.default is False:
+            parser.add_argument(*names, dest=field.name, action="store_true", help=help_text)
+            continue
+        argument_type = options.pop("type") or type(field.default)
+        default_text = "" if field.default is None else f" (default: {field.default})"
+        parser.add_argument(*names, dest=field.name, type=argument_type, default=field.default,
+                            help=help_text + default_text, **options)
+
+
+def parse_into(config_class, parser, argv=None):
+    add_dataclass_flags(parser, config_class)
+    return config_class(**vars(parser.parse_args(argv)))
