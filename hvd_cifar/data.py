@@ -210,17 +210,21 @@ def read_records(paths):
 # ---------------------------------------------------------------------------------------------
 # Preprocessing
 
-def distort_image(image, seed):
-    """The tutorial's training distortions, made stateless so a seed replays them exactly."""
+def random_distortions(image, seed):
+    """The tutorial's crop, flip, brightness and contrast, stateless so a seed replays them."""
     crop_seed, flip_seed, brightness_seed, contrast_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, num=4))
     image = tf.cast(image, tf.float32)
     image = tf.image.stateless_random_crop(image, [IMAGE_SIZE, IMAGE_SIZE, DEPTH], crop_seed)
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     image = tf.image.stateless_random_brightness(image, MAX_BRIGHTNESS_DELTA, brightness_seed)
-    image = tf.image.stateless_random_contrast(image, CONTRAST_LOWER, CONTRAST_UPPER,
-                                               contrast_seed)
-    return tf.image.per_image_standardization(image)
+    return tf.image.stateless_random_contrast(image, CONTRAST_LOWER, CONTRAST_UPPER,
+                                              contrast_seed)
+
+
+def distort_image(image, seed):
+    """A training image: random distortions, then per-image standardization."""
+    return tf.image.per_image_standardization(random_distortions(image, seed))
 
 
 def eval_image(image):
@@ -242,6 +246,13 @@ def shard_sizes(num_records, batch_size, num_shards):
     return records_per_shard, steps_per_epoch
 
 
+def shard_records(paths, num_records, num_shards, shard_index):
+    """Undistorted records of one shard: record i goes to shard i % num_shards, and every
+    shard keeps num_records // num_shards of them."""
+    records_per_shard = num_records // num_shards
+    return read_records(paths).shard(num_shards, shard_index).take(records_per_shard)
+
+
 def train_dataset(paths, num_records, batch_size, num_shards=1, shard_index=0, seed=0,
                   start_step=0):
     """Endless distorted training batches of this shard, positioned at step start_step.
@@ -254,7 +265,7 @@ def train_dataset(paths, num_records, batch_size, num_shards=1, shard_index=0, s
     """
     records_per_shard, steps_per_epoch = shard_sizes(num_records, batch_size, num_shards)
     examples_per_epoch = steps_per_epoch * batch_size
-    shard = read_records(paths).shard(num_shards, shard_index).take(records_per_shard).cache()
+    shard = shard_records(paths, num_records, num_shards, shard_index).cache()
     first_epoch, first_step_in_epoch = divmod(start_step, steps_per_epoch)
 
     def one_epoch(epoch):

@@ -1,0 +1,190 @@
+"""Precision @ 1 of a checkpoint's moving-average weights on the test set (cifar10_eval.py).
+
+    python -m hvd_cifar.evaluate --data_dir D --checkpoint_dir T --run_once
+    horovodrun -np 2 python -m hvd_cifar.evaluate ...     (each rank a shard; counts all-reduced)
+
+Prints `<time>: precision @ 1 = 0.xxx` and writes T/eval.json and T/confusion_matrix.png.
+Without --run_once it waits for new checkpoints and evaluates each, as the tutorial's loop does.
+"""
+import dataclasses
+import datetime
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+import hvd_cifar  # noqa: F401  (quiets TensorFlow's start-up logging before it is imported)
+from hvd_cifar import data, model as model_lib
+from hvd_cifar.config import (ArgumentParser, UserError, fail, flag, parse_into,
+                              positive_int)
+
+import tensorflow as tf
+import horovod.tensorflow as hvd
+
+EVAL_BATCH_SIZE = 1000
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    data_dir: str = flag("data", "folder holding cifar-10-batches-bin/")
+    checkpoint_dir: str = flag("runs/train", "train_dir of the run to evaluate")
+    eval_dir: str = flag(None, "where the TensorBoard scalars of repeated evaluations go "
+                         "(default: <checkpoint_dir>/eval)")
+    batch_size: int = flag(EVAL_BATCH_SIZE, "test examples a batch", positive_int)
+    run_once: bool = flag(False, "evaluate the newest checkpoint once and exit")
+    eval_interval_secs: int = flag(300, "how often to look for a new checkpoint",
+                                   positive_int)
+
+
+def load_averaged_model(checkpoint_path):
+    """The tutorial network holding the checkpoint's moving averages; (model, global_step)."""
+    model = model_lib.inference()
+    averages = [tf.Variable(tf.zeros_like(v)) for v in model.trainable_variables]
+    global_step = tf.Variable(0, dtype=tf.int64)
+    checkpoint = tf.train.Checkpoint(model=model, moving_averages=averages,
+                                     global_step=global_step)
+    try:
+        checkpoint.restore(checkpoint_path).expect_partial().assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+        raise UserError(f"checkpoint {checkpoint_path} does not fit this model ({reason})"
+                        ) from None
+    # As cifar10_eval.py restores the shadow variables in place of the trained ones.
+    for variable, average in zip(model.trainable_variables, averages):
+        variable.assign(average)
+    return model, int(global_step.numpy())
+
+
+def latest_checkpoint(checkpoint_dir):
+    path = tf.train.latest_checkpoint(checkpoint_dir)
+    if path is None:
+        raise UserError(f"--checkpoint_dir {checkpoint_dir} holds no checkpoint")
+    return path
+
+
+def confusion_matrix(model, dataset, num_classes):
+    """Counts [true class, predicted class] over every example of dataset."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    predict = tf.function(lambda images: tf.argmax(model(images, training=False), axis=1))
+    for images, labels in dataset:
+        np.add.at(counts, (labels.numpy(), predict(images).numpy()), 1)
+    return counts
+
+
+def summarize(counts, names, global_step, checkpoint_path):
+    """The eval.json content for a confusion matrix."""
+    total = int(counts.sum())
+    correct = np.diag(counts)
+    per_class_examples = counts.sum(axis=1)
+    per_class_predicted = counts.sum(axis=0)
+    return {
+        "precision_at_1": float(correct.sum() / total),
+        "global_step": global_step,
+        "num_examples": total,
+        "checkpoint": checkpoint_path,
+        "class_names": list(names),
+        # Share of each class's examples ranked first correctly (precision @ 1 within a class).
+        "per_class_precision_at_1": {
+            name: float(correct[c] / per_class_examples[c]) if per_class_examples[c] else None
+            for c, name in enumerate(names)},
+        # Of the examples predicted as a class, the share that belong to it.
+        "per_class_precision": {
+            name: float(correct[c] / per_class_predicted[c]) if per_class_predicted[c] else None
+            for c, name in enumerate(names)},
+        "confusion_matrix": counts.tolist(),
+    }
+
+
+def write_atomically(path, write):
+    partial = f"{path}.part"
+    write(partial)
+    os.replace(partial, path)
+
+
+def plot_confusion(counts, names, title, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(figsize=(7, 6))
+    image = axes.imshow(counts, cmap="Blues")
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    for (true, predicted), count in np.ndenumerate(counts):
+        axes.text(predicted, true, str(count), ha="center", va="center", fontsize=7,
+                  color="white" if count > counts.max() / 2 else "black")
+    figure.colorbar(image)
+    figure.tight_layout()
+    write_atomically(path, lambda partial: figure.savefig(partial, format="png", dpi=100))
+    plt.close(figure)
+
+
+def evaluate_once(config, checkpoint_path, test_paths, names):
+    """Evaluate one checkpoint on every rank's shard; rank 0 gets the summary (others None)."""
+    model, global_step = load_averaged_model(checkpoint_path)
+    # Horovod: rank r evaluates records r, r + size, ...; none dropped, so shards may differ
+    # in size and each rank runs its own number of batches before the single all-reduce.
+    dataset = data.eval_dataset(test_paths, config.batch_size, num_shards=hvd.size(),
+                                shard_index=hvd.rank())
+    counts = confusion_matrix(model, dataset, len(names))
+    # Horovod: add up every rank's counts, so the result equals one process evaluating all.
+    counts = hvd.allreduce(tf.constant(counts), op=hvd.Sum, name="confusion_matrix").numpy()
+    if hvd.rank() != 0:
+        return None
+    summary = summarize(counts, names, global_step, checkpoint_path)
+    print(f"{datetime.datetime.now()}: precision @ 1 = {summary['precision_at_1']:.3f} "
+          f"(step {global_step}, {summary['num_examples']} examples)", flush=True)
+    write_atomically(os.path.join(config.checkpoint_dir, "eval.json"),
+                     lambda partial: open(partial, "w").write(json.dumps(summary, indent=1)))
+    plot_confusion(counts, names, f"step {global_step}: precision @ 1 = "
+                   f"{summary['precision_at_1']:.3f}",
+                   os.path.join(config.checkpoint_dir, "confusion_matrix.png"))
+    return summary
+
+
+def evaluate(config):
+    hvd.init()  # Horovod: alone this is a job of size 1; under horovodrun each rank a shard.
+    batches_dir = data.prepare(config.data_dir, download=False)
+    test_paths, _ = data.split_files(batches_dir, "test")
+    names = data.class_names(batches_dir)
+    if config.run_once:
+        evaluate_once(config, latest_checkpoint(config.checkpoint_dir), test_paths, names)
+        return
+    eval_dir = config.eval_dir or os.path.join(config.checkpoint_dir, "eval")
+    writer = tf.summary.create_file_writer(eval_dir) if hvd.rank() == 0 else None
+    evaluated = None
+    while True:
+        # Horovod: rank 0 decides which checkpoint is next, so all ranks evaluate the same one.
+        path = hvd.broadcast_object(tf.train.latest_checkpoint(config.checkpoint_dir),
+                                    root_rank=0)
+        if path and path != evaluated:
+            summary = evaluate_once(config, path, test_paths, names)
+            if writer is not None:
+                with writer.as_default(step=summary["global_step"]):
+                    tf.summary.scalar("precision_at_1", summary["precision_at_1"])
+                writer.flush()
+            evaluated = path
+        time.sleep(config.eval_interval_secs)
+
+
+def main(argv=None):
+    parser = ArgumentParser(prog="python -m hvd_cifar.evaluate",
+                            description="Precision @ 1 of a checkpoint's moving-average "
+                            "weights on the CIFAR-10 test set.")
+    config = parse_into(EvalConfig, parser, argv)
+    try:
+        evaluate(config)
+    except UserError as error:
+        if hvd.is_initialized() and hvd.rank() != 0:
+            sys.exit(1)
+        fail(error)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Shared test helpers: CIFAR-format fixtures on disk and real subprocess launches."""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+
+from hvd_cifar import data
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+# Open MPI refuses root unless told; CI and these machines run as root.
+ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+       "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+LAUNCH_TIMEOUT_SECONDS = 600
+
+
+def random_images(count, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+
+
+def write_cifar_dir(root, train_per_file=40, num_test=30, seed=0, labels=None):
+    """A cifar-10-batches-bin/ under root with random images; returns (batches_dir, arrays).
+
+    labels(count, offset) gives the label bytes (default: random 0..9)."""
+    rng = np.random.default_rng(seed)
+    batches_dir = os.path.join(root, data.BATCHES_DIR)
+    os.makedirs(batches_dir, exist_ok=True)
+    arrays = {}
+    offset = 0
+    for name, count in ([(n, train_per_file) for n in data.TRAIN_FILES] +
+                        [(n, num_test) for n in data.TEST_FILES]):
+        images = random_images(count, seed + offset)
+        label_bytes = (labels(count, offset) if labels else rng.integers(0, 10, count))
+        data.write_records(os.path.join(batches_dir, name), images, label_bytes)
+        arrays[name] = (images, np.asarray(label_bytes))
+        offset += count
+    return batches_dir, arrays
+
+
+def run(args, timeout=LAUNCH_TIMEOUT_SECONDS, env=None, cwd=REPO_ROOT):
+    """Run a command to completion; CompletedProcess with text stdout and stderr."""
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                          env={**ENV, **(env or {})}, cwd=cwd)
+
+
+def python_module(module, *args, **kwargs):
+    return run([sys.executable, "-m", module, *map(str, args)], **kwargs)
+
+
+def horovodrun(np_, controller, module, *args, **kwargs):
+    """A real `horovodrun -np N --gloo|--mpi python -m module args` on this machine."""
+    return run([os.path.join(BIN, "horovodrun"), "-np", str(np_), f"--{controller}",
+                sys.executable, "-m", module, *map(str, args)], **kwargs)
+
+
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if "hvd_cifar: error:" in line]
+
+
+def assert_one_line_error(result, *fragments, status=None):
+    """The command failed with exactly one `hvd_cifar: error:` line holding every fragment."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    if status is not None:
+        assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def weights_digests(output):
+    """{rank: digest} from the trainer's closing line."""
+    match = re.search(r"weights sha256 by rank: (.*)", output)
+    assert match, output
+    return dict(pair.split("=") for pair in match.group(1).split())
