@@ -257,32 +257,35 @@ def train_dataset(paths, num_records, batch_size, num_shards=1, shard_index=0, s
                   start_step=0):
     """Endless distorted training batches of this shard, positioned at step start_step.
 
-    Shards are taken before shuffling (record i goes to shard i % num_shards), each keeps the
+    Shards are taken before shuffling (record i goes to shard i % num_shards); each keeps the
     same number of records and yields the same steps_per_epoch batches, so every rank runs the
-    same number of steps. Epoch e is shuffled with a seed of (seed, e) and every example's
-    distortion is seeded by its position, so a run resumed at any step sees exactly the batches
-    the uninterrupted run would have.
+    same number of steps. The shard is read once through the record reader and kept in memory;
+    epoch e visits it in the order of a stateless permutation seeded by (seed, e, shard), and
+    every example's distortions are seeded by its position. So the batch at any step is a pure
+    function of the step: a run resumed there sees exactly what the uninterrupted run saw.
     """
     records_per_shard, steps_per_epoch = shard_sizes(num_records, batch_size, num_shards)
     examples_per_epoch = steps_per_epoch * batch_size
-    shard = shard_records(paths, num_records, num_shards, shard_index).cache()
-    first_epoch, first_step_in_epoch = divmod(start_step, steps_per_epoch)
+    images, labels = shard_records(paths, num_records, num_shards, shard_index).batch(
+        records_per_shard).get_single_element()
+    # A host variable, not a constant: tf.data functions capture it by reference, so the
+    # shard is not copied into every function graph.
+    with tf.device("/cpu:0"):
+        shard_images = tf.Variable(images, trainable=False, name="shard_images")
+    shard_labels = labels
 
-    def one_epoch(epoch):
-        shuffled = shard.shuffle(records_per_shard, seed=seed * 1_000_003 + epoch,
-                                 reshuffle_each_iteration=False).take(examples_per_epoch)
-        first_position = (epoch * num_shards + shard_index) * examples_per_epoch
-        positions = tf.data.Dataset.range(first_position, first_position + examples_per_epoch)
-        return tf.data.Dataset.zip((shuffled, positions))
+    def example(position):
+        epoch, index_in_epoch = position // examples_per_epoch, position % examples_per_epoch
+        permutation_seed = tf.stack([tf.constant(seed, tf.int64), epoch * num_shards + shard_index])
+        record = tf.random.experimental.index_shuffle(index_in_epoch, permutation_seed,
+                                                      tf.constant(records_per_shard - 1, tf.int64))
+        example_id = position * num_shards + shard_index  # unique over shards and epochs
+        distortion_seed = tf.stack([tf.constant(seed, tf.int64), example_id])
+        return (distort_image(tf.gather(shard_images, record), distortion_seed),
+                tf.gather(shard_labels, record))
 
-    def distort(record, position):
-        image, label = record
-        return distort_image(image, tf.stack([tf.cast(seed, tf.int64), position])), label
-
-    return (tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
-            .flat_map(one_epoch)
-            .skip(first_step_in_epoch * batch_size)
-            .map(distort, num_parallel_calls=tf.data.AUTOTUNE)
+    return (tf.data.Dataset.range(start_step * batch_size, np.iinfo(np.int64).max)
+            .map(example, num_parallel_calls=tf.data.AUTOTUNE)
             .batch(batch_size, drop_remainder=True)
             .prefetch(tf.data.AUTOTUNE))
 
