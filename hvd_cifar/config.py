@@ -85,20 +85,23 @@ def flag(default, help, type=None, **argparse_options):
 
 
 def add_dataclass_flags(parser, config_class):
-    """Add one `--name` (and `--dashed-name`) flag per field of config_class, with its default."""
+    """Add one `--name` flag per field of config_class (the tutorial's underscore names), with
+    its help and default; `--dashed-name` is accepted as well."""
     for field in dataclasses.fields(config_class):
         options = dict(field.metadata)
-        names = [f"--{field.name}"]
-        if "_" in field.name:
-            names.append(f"--{field.name.replace('_', '-')}")
         help_text = options.pop("help")
         if field.default is False:
-            parser.add_argument(*names, dest=field.name, action="store_true", help=help_text)
-            continue
-        argument_type = options.pop("type") or type(field.default)
-        default_text = "" if field.default is None else f" (default: {field.default})"
-        parser.add_argument(*names, dest=field.name, type=argument_type, default=field.default,
-                            help=help_text + default_text, **options)
+            options = dict(action="store_true")
+        else:
+            options["type"] = options.pop("type") or type(field.default)
+            if field.default is not None:
+                help_text += f" (default: {field.default})"
+        parser.add_argument(f"--{field.name}", dest=field.name, default=field.default,
+                            help=help_text, **options)
+        if "_" in field.name:
+            # The dashed spelling works too, hidden from --help; errors name the one typed.
+            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name,
+                                default=argparse.SUPPRESS, help=argparse.SUPPRESS, **options)
 
 
 def parse_into(config_class, parser, argv=None):

@@ -432,7 +432,8 @@ def train(config):
     rank, size, local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
     is_chief = rank == 0  # Horovod: rank 0 alone writes checkpoints, summaries and the log.
     device = pin_devices(local_rank, hvd.local_size())
-    tf.random.set_seed(config.seed)
+    # Python, NumPy and TensorFlow: Keras initializers without a seed draw one from Python.
+    tf.keras.utils.set_random_seed(config.seed)
 
     if is_chief:
         on_every_rank(lambda: prepare_train_dir(config.train_dir, config.fresh))
@@ -497,7 +498,8 @@ def train(config):
         elapsed = time.perf_counter() - interval_start
         if is_chief:
             log.step(step, {"loss": mean_loss, "accuracy": mean_accuracy,
-                            "learning_rate": trainer.learning_rate(),
+                            # the rate of the update that made this step
+                            "learning_rate": float(trainer.schedule(step - 1)),
                             "examples_per_sec": global_batch * len(interval_losses) / elapsed,
                             "sec_per_batch": elapsed / len(interval_losses)})
             if config.summary_histograms:

@@ -53,7 +53,14 @@ install_horovod() {
     (
       export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1
       export HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
-      if [ "$gpu_tag" = nccl ]; then export HOROVOD_GPU_OPERATIONS=NCCL; fi
+      if [ "$gpu_tag" = nccl ]; then
+        export HOROVOD_GPU_OPERATIONS=NCCL
+        # tensorflow[and-cuda] brings NCCL as the nvidia-nccl-cu12 wheel; build against it.
+        if [ -z "${HOROVOD_NCCL_HOME:-}" ]; then
+          HOROVOD_NCCL_HOME=$("$python" -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])' 2>/dev/null || true)
+          [ -n "$HOROVOD_NCCL_HOME" ] && export HOROVOD_NCCL_HOME
+        fi
+      fi
       "$python" -m pip wheel -q --no-build-isolation --no-deps "horovod==$HOROVOD_VERSION" -w "$build_dir"
     ) || { rm -rf "$build_dir"; die "building Horovod failed (see the compiler output above)"; }
     mkdir -p "$cache"

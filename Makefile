@@ -1,0 +1,46 @@
+# The two commands a newcomer needs:
+#   make train   set up, then a short 2-rank training run and an evaluation
+#   make test    set up, then the test suite
+# Both run launch/install.sh first (Open MPI, .venv, TensorFlow, Horovod from a cached build).
+
+VENV       := .venv
+PYTHON     := $(VENV)/bin/python
+HOROVODRUN := $(VENV)/bin/horovodrun
+NP         ?= 2
+STEPS      ?= 200
+DATA_DIR   ?= data
+TRAIN_DIR  ?= runs/train
+# Where there is no internet (like the machines this project is built on), `make train` trains
+# on this JPEG copy of CIFAR-10 instead of downloading the official archive; it says so.
+JPEG_DATA  ?= ../shared/data/cifar10-jpeg.tar.gz
+PYTEST_ARGS ?=
+
+# Open MPI refuses to run as root unless both are set (containers and CI run as root).
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+
+.PHONY: install train test data
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: launch/install.sh pyproject.toml
+	bash launch/install.sh
+	touch $@
+
+data: install
+	@if [ -d "$(DATA_DIR)/cifar-10-batches-bin" ]; then \
+	  echo "make: using $(DATA_DIR)/cifar-10-batches-bin"; \
+	elif [ -f "$(DATA_DIR)/cifar-10-binary.tar.gz" ] || [ ! -f "$(JPEG_DATA)" ]; then \
+	  $(PYTHON) -m hvd_cifar.data download --data_dir $(DATA_DIR); \
+	else \
+	  echo "make: no CIFAR-10 in $(DATA_DIR); converting the JPEG copy $(JPEG_DATA)"; \
+	  $(PYTHON) -m hvd_cifar.data convert $(JPEG_DATA) $(DATA_DIR); \
+	fi
+
+train: data
+	$(HOROVODRUN) -np $(NP) --gloo $(PYTHON) -m hvd_cifar.train --data_dir $(DATA_DIR) \
+	  --train_dir $(TRAIN_DIR) --max_steps $(STEPS) --log_frequency 20
+	$(PYTHON) -m hvd_cifar.evaluate --data_dir $(DATA_DIR) --checkpoint_dir $(TRAIN_DIR) --run_once
+
+test: install
+	$(PYTHON) -m pytest -ra $(PYTEST_ARGS) tests

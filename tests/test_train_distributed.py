@@ -1,0 +1,170 @@
+"""The Horovod driver under real `horovodrun -np 2` (Gloo and MPI) and mpirun on this machine."""
+import glob
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import (BIN, REPO_ROOT, assert_one_line_error, horovodrun, python_module, run,
+                     weights_digests, write_cifar_dir)
+
+pytestmark = pytest.mark.distributed
+
+# 5 files x 40 = 200 records: at 2 ranks x batch 16 a shard of 100 gives 6 steps an epoch.
+TRAIN_ARGS = ("--batch_size", 16, "--log_frequency", 5, "--no_download", "--seed", 3)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    write_cifar_dir(str(root), train_per_file=40, num_test=30)
+    return root
+
+
+def train_2_ranks(controller, data_dir, train_dir, *args):
+    result = horovodrun(2, controller, "hvd_cifar.train", "--data_dir", data_dir,
+                        "--train_dir", train_dir, *TRAIN_ARGS, *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def rank_of(line):
+    """The rank horovodrun tags an output line with: `[0]<stdout>:` (Gloo), `[1,0]<stdout>:`
+    (Open MPI: job, rank)."""
+    return int(re.match(r"\[(?:\d+,)?(\d+)\]", line).group(1))
+
+
+def scalars(train_dir, tag):
+    """{step: value} of a TensorBoard scalar in train_dir's (single) events file."""
+    values = {}
+    for path in glob.glob(os.path.join(train_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+@pytest.mark.parametrize("controller", ["gloo", "mpi"])
+def test_two_ranks_train_as_one_job_with_identical_weights_and_only_rank_0_writes(
+        tiny_data, tmp_path, controller):
+    train_dir = tmp_path / "run"
+    result = train_2_ranks(controller, tiny_data, train_dir, "--max_steps", 12,
+                           "--checkpoint_every_steps", 5)
+    output = result.stdout
+    name = {"gloo": "Gloo", "mpi": "MPI"}[controller]
+    assert re.search(rf"2 ranks \(2 on this host\), {name} controller, devices: "
+                     r"0=CPU/1 threads, 1=CPU/1 threads", output), output
+    digests = weights_digests(output)
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    # The log lines come from rank 0 alone.
+    step_lines = [line for line in output.splitlines() if re.search(r"step \d+, loss = ", line)]
+    assert len(step_lines) == 3 and {rank_of(line) for line in step_lines} == {0}
+    assert sorted(os.path.basename(p) for p in glob.glob(str(train_dir / "*.index"))) == [
+        "ckpt-10.index", "ckpt-12.index", "ckpt-5.index"]
+    assert len(glob.glob(str(train_dir / "events.out.tfevents.*"))) == 1
+    assert sorted(os.listdir(train_dir)) == sorted(
+        ["checkpoint", "train.log", os.path.basename(glob.glob(str(train_dir / "events*"))[0])]
+        + [f"ckpt-{s}.{ext}" for s in (5, 10, 12) for ext in ("index", "data-00000-of-00001")])
+    # The global batch is 32 and the examples/sec count all ranks.
+    assert "global batch 32 (16 x 2 ranks x 1 passes), 6 steps an epoch" in output
+
+
+def test_one_step_at_two_ranks_equals_one_step_at_one_rank_on_the_same_examples(tmp_path):
+    helper = os.path.join(REPO_ROOT, "tests", "one_step.py")
+    # Two ranks of 8 examples at lr 0.05 (x2 ranks = 0.1) against one process of 16 at 0.1.
+    two = run([os.path.join(BIN, "horovodrun"), "-np", "2", "--gloo", sys.executable, helper,
+               str(tmp_path / "two.npz"), "--batch_size", "8", "--lr", "0.05",
+               "--examples", "16"])
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run([sys.executable, helper, str(tmp_path / "one.npz"), "--batch_size", "16",
+               "--lr", "0.1", "--examples", "16"])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
+    assert float(two["learning_rate"]) == pytest.approx(0.1)
+    assert float(one["learning_rate"]) == pytest.approx(0.1)
+    kernels = [k for k in one.files if k.startswith("before_")]
+    for key in kernels:  # the same starting point...
+        np.testing.assert_array_equal(one[key], two[key])
+    moved = 0
+    for key in (k.replace("before", "after") for k in kernels):
+        # ...and the same update: the mean over 2 x 8 examples equals the mean over 16.
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=1e-6)
+        moved += not np.allclose(one[key], one[key.replace("after", "before")])
+    assert moved == len(kernels)
+
+
+def test_the_logged_learning_rate_warms_up_linearly_to_lr_times_ranks(tiny_data, tmp_path):
+    # 6 steps an epoch, warm-up 2 epochs = 12 steps from 0.1 to 0.2 (no cap).
+    train_dir = tmp_path / "run"
+    result = train_2_ranks("gloo", tiny_data, train_dir, "--max_steps", 20,
+                           "--warmup_epochs", 2, "--max_lr", 0)
+    assert "learning rate 0.2 (linear scaling: 0.1 x 2), warm-up 12 steps" in result.stdout
+    rates = scalars(str(train_dir), "learning_rate")
+    # Logged at step N: the rate of the update that made step N (taken at step N - 1).
+    assert rates[5] == pytest.approx(0.1 + 0.1 * 4 / 12)
+    assert rates[10] == pytest.approx(0.1 + 0.1 * 9 / 12)
+    assert rates[15] == pytest.approx(0.2) and rates[20] == pytest.approx(0.2)
+
+
+def test_a_rerun_resumes_exactly_where_the_first_run_stopped(tiny_data, tmp_path):
+    uninterrupted = train_2_ranks("gloo", tiny_data, tmp_path / "a", "--max_steps", 20)
+    first = train_2_ranks("gloo", tiny_data, tmp_path / "b", "--max_steps", 10)
+    assert "starting at step 0" in first.stdout
+    resumed = train_2_ranks("gloo", tiny_data, tmp_path / "b", "--max_steps", 20)
+    assert f"resuming from {tmp_path}/b/ckpt-10 at step 10" in resumed.stdout
+    assert "finished at step 20" in resumed.stdout
+    # Same data position, learning rate, optimizer and moving averages: the same weights.
+    assert weights_digests(resumed.stdout) == weights_digests(uninterrupted.stdout)
+    a_losses, b_losses = (scalars(str(tmp_path / d), "loss") for d in "ab")
+    assert sorted(b_losses) == [5, 10, 15, 20]
+    for step in (15, 20):
+        assert b_losses[step] == pytest.approx(a_losses[step], rel=1e-5)
+    for step in (5, 10, 15, 20):
+        assert scalars(str(tmp_path / "b"), "learning_rate")[step] == pytest.approx(
+            scalars(str(tmp_path / "a"), "learning_rate")[step])
+
+
+def test_fresh_moves_the_previous_run_aside_and_starts_at_step_0(tiny_data, tmp_path):
+    train_dir = tmp_path / "run"
+    train_2_ranks("gloo", tiny_data, train_dir, "--max_steps", 5)
+    again = train_2_ranks("gloo", tiny_data, train_dir, "--max_steps", 5, "--fresh")
+    assert "starting at step 0" in again.stdout
+    previous = glob.glob(f"{train_dir}.previous-*")
+    assert len(previous) == 1
+    assert os.path.exists(os.path.join(previous[0], "ckpt-5.index"))
+    assert os.path.exists(train_dir / "ckpt-5.index")
+    # Without --fresh a finished run is resumed, not repeated.
+    third = train_2_ranks("gloo", tiny_data, train_dir, "--max_steps", 5)
+    assert "resuming from" in third.stdout and "at step 5" in third.stdout
+
+
+def test_a_diverging_run_stops_every_rank_with_one_message(tiny_data, tmp_path):
+    result = horovodrun(2, "gloo", "hvd_cifar.train", "--data_dir", tiny_data, "--train_dir",
+                        tmp_path / "run", *TRAIN_ARGS, "--max_steps", 50, "--lr", 1e5,
+                        "--max_lr", 0, "--warmup_epochs", 0)
+    line = assert_one_line_error(result, "training diverged", "learning rate 2e+05",
+                                 "linear scaling", launcher=True)
+    assert rank_of(line) == 0  # said once, by rank 0; rank 1 stopped at the same step
+    assert not glob.glob(str(tmp_path / "run" / "ckpt-*"))  # no NaN checkpoint
+
+
+def test_mpirun_starts_the_same_job(tiny_data, tmp_path):
+    result = run(["mpirun", "-np", "2", "--bind-to", "none", sys.executable, "-m",
+                  "hvd_cifar.train", "--data_dir", str(tiny_data), "--train_dir",
+                  str(tmp_path / "run"), *map(str, TRAIN_ARGS), "--max_steps", "6"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 ranks (2 on this host), MPI controller" in result.stdout
+    digests = weights_digests(result.stdout)
+    assert digests["0"] == digests["1"]
+
+
+def test_one_worker_alone_is_a_job_of_size_1(tiny_data, tmp_path):
+    result = python_module("hvd_cifar.train", "--data_dir", tiny_data, "--train_dir",
+                           tmp_path / "run", *TRAIN_ARGS, "--max_steps", 4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 ranks (1 on this host)" in result.stdout
+    assert "learning rate 0.1 (linear scaling: 0.1 x 1), warm-up 0 steps" in result.stdout
