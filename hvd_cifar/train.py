@@ -327,7 +327,7 @@ class Log:
     """Rank 0's output: the tutorial's log line on stdout and in train_dir/train.log, a progress
     bar instead on a terminal, and TensorBoard scalars."""
 
-    def __init__(self, train_dir, max_steps, start_step):
+    def __init__(self, train_dir, max_steps):
         self.file = open(os.path.join(train_dir, "train.log"), "a")
         self.writer = tf.summary.create_file_writer(train_dir)
         # A bar only for a person at a terminal: mpirun also hands its ranks a pty, but there
@@ -335,8 +335,6 @@ class Log:
         launched = "OMPI_COMM_WORLD_RANK" in os.environ or "HOROVOD_RANK" in os.environ
         self.progress = (tf.keras.utils.Progbar(max_steps)
                          if sys.stdout.isatty() and not launched else None)
-        if self.progress is not None:
-            self.progress.update(start_step)
 
     def line(self, text, to_stdout=True):
         if to_stdout:
@@ -350,8 +348,9 @@ class Log:
                    values["sec_per_batch"]))
         self.line(text, to_stdout=self.progress is None)
         if self.progress is not None:
+            # Keras ends the bar with a newline when step reaches max_steps.
             self.progress.update(step, [("loss", values["loss"]),
-                                        ("accuracy", values["accuracy"])], finalize=False)
+                                        ("accuracy", values["accuracy"])])
         with self.writer.as_default(step=step):
             for name, value in values.items():
                 tf.summary.scalar(name, value)
@@ -457,7 +456,7 @@ def train(config):
     global_batch = config.batch_size * size * config.backward_passes_per_step
     log = None
     if is_chief:
-        log = Log(config.train_dir, config.max_steps, start_step)
+        log = Log(config.train_dir, config.max_steps)
         log.line(f"hvd_cifar: {size} ranks ({hvd.local_size()} on this host), {controller} "
                  f"controller, devices: " + ", ".join(f"{r}={d}" for r, d in enumerate(devices)))
         log.line(f"hvd_cifar: global batch {global_batch} ({config.batch_size} x {size} ranks x "

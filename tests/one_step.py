@@ -1,9 +1,11 @@
 """Run one synchronized training step of the real Trainer on fixed examples; save the weights.
 
-    python tests/one_step.py OUT.npz --batch_size B --lr LR     (alone, or under horovodrun)
+    python tests/one_step.py OUT.npz --batch_size B --lr LR --examples N [--passes P]
+    (alone, or under horovodrun)
 
-The examples are the same 2B on every run; at size 2 rank r takes the r-th half of them, at
-size 1 the one process takes all 2B. Rank 0 saves the weights before and after the step.
+The examples are the same N on every run: rank r takes the r-th block of B x P of them and
+feeds them as P backward passes of B (--backward_passes_per_step P). Rank 0 saves the
+weights before and after the one synchronized step.
 """
 import argparse
 
@@ -18,20 +20,24 @@ parser.add_argument("out")
 parser.add_argument("--batch_size", type=int, required=True)
 parser.add_argument("--lr", type=float, required=True)
 parser.add_argument("--examples", type=int, required=True)
+parser.add_argument("--passes", type=int, default=1)
 args = parser.parse_args()
 
 hvd.init()
 tf.keras.utils.set_random_seed(1)
-config = TrainConfig(batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.0, max_lr=0.0)
+config = TrainConfig(batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.0, max_lr=0.0,
+                     backward_passes_per_step=args.passes)
 trainer = Trainer(config, hvd.size(), steps_per_epoch=100)
 hvd.broadcast_variables(trainer.state_variables(), root_rank=0)
 
 rng = np.random.default_rng(7)
 images = rng.normal(size=(args.examples, 24, 24, 3)).astype(np.float32)
 labels = rng.integers(0, 10, args.examples).astype(np.int32)
-mine = slice(hvd.rank() * args.batch_size, (hvd.rank() + 1) * args.batch_size)
+per_rank = args.batch_size * args.passes
+passes = [slice(hvd.rank() * per_rank + p * args.batch_size,
+                hvd.rank() * per_rank + (p + 1) * args.batch_size) for p in range(args.passes)]
 before = [v.numpy() for v in trainer.model.trainable_variables]
-trainer.step(iter([(tf.constant(images[mine]), tf.constant(labels[mine]))]))
+trainer.step(iter([(tf.constant(images[part]), tf.constant(labels[part])) for part in passes]))
 if hvd.rank() == 0:
     after = [v.numpy() for v in trainer.model.trainable_variables]
     np.savez(args.out, learning_rate=trainer.schedule(0).numpy(),

@@ -73,28 +73,33 @@ def test_two_ranks_train_as_one_job_with_identical_weights_and_only_rank_0_write
     assert "global batch 32 (16 x 2 ranks x 1 passes), 6 steps an epoch" in output
 
 
-def test_one_step_at_two_ranks_equals_one_step_at_one_rank_on_the_same_examples(tmp_path):
-    helper = os.path.join(REPO_ROOT, "tests", "one_step.py")
-    # Two ranks of 8 examples at lr 0.05 (x2 ranks = 0.1) against one process of 16 at 0.1.
-    two = run([os.path.join(BIN, "horovodrun"), "-np", "2", "--gloo", sys.executable, helper,
-               str(tmp_path / "two.npz"), "--batch_size", "8", "--lr", "0.05",
-               "--examples", "16"])
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = run([sys.executable, helper, str(tmp_path / "one.npz"), "--batch_size", "16",
-               "--lr", "0.1", "--examples", "16"])
-    assert one.returncode == 0, one.stderr[-3000:]
-    two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
-    assert float(two["learning_rate"]) == pytest.approx(0.1)
-    assert float(one["learning_rate"]) == pytest.approx(0.1)
-    kernels = [k for k in one.files if k.startswith("before_")]
-    for key in kernels:  # the same starting point...
-        np.testing.assert_array_equal(one[key], two[key])
-    moved = 0
-    for key in (k.replace("before", "after") for k in kernels):
+def one_step(out, ranks, batch_size, lr, passes=1, examples=16):
+    """Rank 0's weights before and after one step of tests/one_step.py."""
+    helper = [sys.executable, os.path.join(REPO_ROOT, "tests", "one_step.py"), str(out),
+              "--batch_size", str(batch_size), "--lr", str(lr), "--examples", str(examples),
+              "--passes", str(passes)]
+    launcher = [os.path.join(BIN, "horovodrun"), "-np", str(ranks), "--gloo"] if ranks > 1 else []
+    result = run(launcher + helper)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return np.load(out)
+
+
+@pytest.mark.parametrize("ranks, batch_size, lr, passes", [
+    (2, 8, 0.05, 1),   # two ranks of 8 at 0.05 x 2 ranks
+    (1, 8, 0.1, 2),    # one rank, two backward passes of 8 summed locally
+])
+def test_one_step_equals_one_process_taking_all_16_examples_at_once(
+        tmp_path, ranks, batch_size, lr, passes):
+    distributed = one_step(tmp_path / "distributed.npz", ranks, batch_size, lr, passes)
+    single = one_step(tmp_path / "single.npz", 1, 16, 0.1)
+    assert float(distributed["learning_rate"]) == pytest.approx(0.1)
+    before = [k for k in single.files if k.startswith("before_")]
+    for key in before:  # the same starting point...
+        np.testing.assert_array_equal(single[key], distributed[key])
+    for key in (k.replace("before", "after") for k in before):
         # ...and the same update: the mean over 2 x 8 examples equals the mean over 16.
-        np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=1e-6)
-        moved += not np.allclose(one[key], one[key.replace("after", "before")])
-    assert moved == len(kernels)
+        np.testing.assert_allclose(distributed[key], single[key], rtol=1e-5, atol=1e-6)
+        assert not np.allclose(single[key], single[key.replace("after", "before")])
 
 
 def test_the_logged_learning_rate_warms_up_linearly_to_lr_times_ranks(tiny_data, tmp_path):
@@ -168,3 +173,22 @@ def test_one_worker_alone_is_a_job_of_size_1(tiny_data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 ranks (1 on this host)" in result.stdout
     assert "learning rate 0.1 (linear scaling: 0.1 x 1), warm-up 0 steps" in result.stdout
+
+
+@pytest.mark.parametrize("flags", [("--fp16_allreduce",), ("--use_fp16",)])
+def test_float16_options_train_two_ranks_to_identical_weights(tiny_data, tmp_path, flags):
+    result = train_2_ranks("gloo", tiny_data, tmp_path / "run", "--max_steps", 6, *flags)
+    digests = weights_digests(result.stdout)
+    assert digests["0"] == digests["1"]
+    losses = scalars(str(tmp_path / "run"), "loss")
+    assert all(np.isfinite(v) for v in losses.values()) and len(losses) == 2
+
+
+def test_backward_passes_per_step_counts_synchronized_steps(tiny_data, tmp_path):
+    result = train_2_ranks("gloo", tiny_data, tmp_path / "run", "--max_steps", 6,
+                           "--backward_passes_per_step", 2)
+    # 100 records a shard, batch 16: 6 batches, so 3 steps an epoch of 2 passes each.
+    assert "global batch 64 (16 x 2 ranks x 2 passes), 3 steps an epoch" in result.stdout
+    assert "finished at step 6" in result.stdout
+    digests = weights_digests(result.stdout)
+    assert digests["0"] == digests["1"]

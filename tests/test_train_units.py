@@ -1,0 +1,131 @@
+"""Pieces of the driver that need no second process: device pinning (GPUs faked), the
+learning-rate arithmetic, histograms and the terminal progress bar."""
+import os
+import pty
+import select
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from hvd_cifar import train
+from hvd_cifar.config import UserError
+from helpers import ENV, REPO_ROOT, python_module
+from test_train_distributed import scalars
+
+
+class FakeGPU:
+    def __init__(self, index):
+        self.name, self.device_type = f"/physical_device:GPU:{index}", "GPU"
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """tf.config with four GPUs; records what the trainer asks of it."""
+    gpus = [FakeGPU(i) for i in range(4)]
+    calls = {"visible": [], "growth": [], "threads": []}
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: gpus if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config, "set_visible_devices",
+                        lambda device, kind=None: calls["visible"].append((device.name, kind)))
+    monkeypatch.setattr(tf.config.experimental, "set_memory_growth",
+                        lambda device, on: calls["growth"].append((device.name, on)))
+    monkeypatch.setattr(tf.config.threading, "set_intra_op_parallelism_threads",
+                        lambda n: calls["threads"].append(n))
+    return calls
+
+
+@pytest.mark.parametrize("local_rank", [0, 3])
+def test_each_rank_sees_only_the_gpu_of_its_local_rank_with_memory_growth(fake_gpus, local_rank):
+    assert train.pin_devices(local_rank, 4) == f"GPU:{local_rank}"
+    assert fake_gpus["visible"] == [(f"/physical_device:GPU:{local_rank}", "GPU")]
+    assert fake_gpus["growth"] == [(f"/physical_device:GPU:{i}", True) for i in range(4)]
+    assert fake_gpus["threads"] == []
+
+
+def test_more_ranks_than_gpus_is_a_clear_error(fake_gpus):
+    with pytest.raises(UserError, match="local rank 5 has no GPU: this host shows 4 GPUs but "
+                       "runs 6 ranks"):
+        train.pin_devices(5, 6)
+
+
+@pytest.mark.parametrize("local_size, cores, threads", [(1, 2, 2), (2, 2, 1), (4, 16, 4),
+                                                         (3, 2, 1)])
+def test_cpu_ranks_on_one_host_split_its_cores(local_size, cores, threads):
+    assert train.plan_devices([], 0, local_size, cores) == (None, threads)
+
+
+def config(**overrides):
+    return train.TrainConfig(**{"max_lr": 0.0, **overrides})
+
+
+@pytest.mark.parametrize("size", [1, 2, 8, 64])
+def test_linear_sqrt_and_no_scaling(size):
+    assert train.scaled_learning_rate(0.1, size, "linear", 0)[0] == pytest.approx(0.1 * size)
+    assert train.scaled_learning_rate(0.1, size, "sqrt", 0)[0] == pytest.approx(0.1 * size ** .5)
+    assert train.scaled_learning_rate(0.1, size, "none", 0)[0] == pytest.approx(0.1)
+
+
+def test_warm_up_is_linear_from_lr_to_lr_times_size_then_flat():
+    schedule, rule = train.learning_rate_schedule(config(warmup_epochs=5.0), 2, 10)
+    assert schedule.warmup_steps == 50 and rule == "linear scaling: 0.1 x 2"
+    assert float(schedule(0)) == pytest.approx(0.1)
+    assert float(schedule(25)) == pytest.approx(0.15)
+    assert float(schedule(49)) == pytest.approx(0.1 + 0.1 * 49 / 50)
+    assert float(schedule(50)) == pytest.approx(0.2)
+    assert float(schedule(1000)) == pytest.approx(0.2)
+
+
+def test_warm_up_defaults_to_5_epochs_with_several_ranks_and_none_alone():
+    assert train.learning_rate_schedule(config(), 2, 10)[0].warmup_steps == 50
+    assert train.learning_rate_schedule(config(), 1, 10)[0].warmup_steps == 0
+
+
+@pytest.mark.parametrize("size", [1, 2, 8])
+def test_the_decay_falls_at_epoch_350_whatever_the_number_of_ranks(size):
+    steps_per_epoch = 50_000 // (128 * size)
+    schedule, _ = train.learning_rate_schedule(config(), size, steps_per_epoch)
+    boundary = 350 * steps_per_epoch
+    peak = 0.1 * size
+    assert float(schedule(boundary - 1)) == pytest.approx(peak)
+    assert float(schedule(boundary)) == pytest.approx(peak * 0.1)
+    assert float(schedule(2 * boundary)) == pytest.approx(peak * 0.01)
+
+
+def test_summary_histograms_writes_the_tutorials_activation_summaries(tmp_path):
+    result = python_module("hvd_cifar.train", "--synthetic", "--train_dir", tmp_path,
+                           "--max_steps", 2, "--log_frequency", 2, "--batch_size", 8,
+                           "--summary_histograms")
+    assert result.returncode == 0, result.stderr
+    assert 0 <= scalars(str(tmp_path), "conv1/sparsity")[2] <= 1
+    tags = set()
+    for path in tmp_path.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    assert {"conv1/activations", "local4/activations", "local3/sparsity"} <= tags
+
+
+def test_a_terminal_gets_a_progress_bar_and_the_log_file_gets_the_lines(tmp_path):
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hvd_cifar.train", "--synthetic", "--train_dir", str(tmp_path),
+         "--max_steps", "4", "--log_frequency", "2", "--batch_size", "8"],
+        stdin=follower, stdout=follower, stderr=subprocess.PIPE, env=ENV, cwd=REPO_ROOT)
+    os.close(follower)
+    screen = b""
+    while True:
+        ready, _, _ = select.select([leader], [], [], 120)
+        try:
+            chunk = os.read(leader, 4096) if ready else b""
+        except OSError:  # the child closed the terminal
+            chunk = b""
+        if not chunk:
+            break
+        screen += chunk
+    assert process.wait(timeout=120) == 0, process.stderr.read()
+    text = screen.decode(errors="replace")
+    assert "4/4 [" in text and "loss:" in text
+    assert ", loss = " not in text
+    log = (tmp_path / "train.log").read_text()
+    assert "step 2, loss = " in log and "step 4, loss = " in log
