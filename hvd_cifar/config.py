@@ -92,6 +92,7 @@ def add_dataclass_flags(parser, config_class):
         help_text = options.pop("help")
         if field.default is False:
             options = dict(action="store_true")
+            help_text += " (default: off)"
         else:
             options["type"] = options.pop("type") or type(field.default)
             if field.default is not None:
