@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
-.PHONY: install train test data
+.PHONY: install train test data reproduce
 
 install: $(VENV)/.installed
 
@@ -44,3 +44,8 @@ train: data
 
 test: install
 	$(PYTHON) -m pytest -ra $(PYTEST_ARGS) tests
+
+# The tutorial's learning curve on real images (see docs/results/): DATA is a class-folder tree
+# or its tar.gz, e.g. make reproduce DATA=../shared/data/cifar10-jpeg.tar.gz RANKS=2 STEPS=10000
+reproduce: install
+	RANKS=$(or $(RANKS),2) STEPS=$(or $(REPRO_STEPS),10000) bash launch/reproduce.sh $(DATA)

@@ -8,6 +8,7 @@ Without --run_once it waits for new checkpoints and evaluates each, as the tutor
 """
 import dataclasses
 import datetime
+import glob
 import json
 import os
 import sys
@@ -34,6 +35,8 @@ class EvalConfig:
                          "(default: <checkpoint_dir>/eval)")
     batch_size: int = flag(EVAL_BATCH_SIZE, "test examples a batch", positive_int)
     run_once: bool = flag(False, "evaluate the newest checkpoint once and exit")
+    all_checkpoints: bool = flag(False, "evaluate every checkpoint the run kept, oldest first, "
+                                 "and write the learning curve (eval_curve.json and .png)")
     eval_interval_secs: int = flag(300, "how often to look for a new checkpoint",
                                    positive_int)
 
@@ -146,11 +149,59 @@ def evaluate_once(config, checkpoint_path, test_paths, names):
     return summary
 
 
+def training_wall_seconds(train_dir):
+    """{step: seconds since the run's first TensorBoard event}, from the events' own times."""
+    times = {}
+    for path in sorted(glob.glob(os.path.join(train_dir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            times.setdefault("start", event.wall_time)
+            if any(value.tag == "loss" for value in event.summary.value):
+                times[event.step] = event.wall_time - times["start"]
+    times.pop("start", None)
+    return times
+
+
+def plot_curve(curve, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.plot([c["global_step"] for c in curve], [c["precision_at_1"] for c in curve], "o-")
+    axes.set_xlabel("step")
+    axes.set_ylabel("precision @ 1 (moving averages)")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    write_atomically(path, lambda partial: figure.savefig(partial, format="png", dpi=100))
+    plt.close(figure)
+
+
+def evaluate_all(config, test_paths, names):
+    """Every kept checkpoint, oldest first; rank 0 writes eval_curve.json and eval_curve.png."""
+    state = tf.train.get_checkpoint_state(config.checkpoint_dir)
+    if state is None:
+        raise UserError(f"--checkpoint_dir {config.checkpoint_dir} holds no checkpoint")
+    wall_seconds = training_wall_seconds(config.checkpoint_dir)
+    curve = []
+    for path in state.all_model_checkpoint_paths:
+        summary = evaluate_once(config, path, test_paths, names)
+        if summary is not None:
+            curve.append({"global_step": summary["global_step"],
+                          "precision_at_1": summary["precision_at_1"],
+                          "wall_seconds": wall_seconds.get(summary["global_step"])})
+    if hvd.rank() == 0:
+        write_atomically(os.path.join(config.checkpoint_dir, "eval_curve.json"),
+                         lambda partial: open(partial, "w").write(json.dumps(curve, indent=1)))
+        plot_curve(curve, os.path.join(config.checkpoint_dir, "eval_curve.png"))
+
+
 def evaluate(config):
     hvd.init()  # Horovod: alone this is a job of size 1; under horovodrun each rank a shard.
     batches_dir = data.prepare(config.data_dir, download=False)
     test_paths, _ = data.split_files(batches_dir, "test")
     names = data.class_names(batches_dir)
+    if config.all_checkpoints:
+        evaluate_all(config, test_paths, names)
+        return
     if config.run_once:
         evaluate_once(config, latest_checkpoint(config.checkpoint_dir), test_paths, names)
         return

@@ -49,13 +49,14 @@ class TrainConfig:
     batch_size: int = flag(128, "examples a rank processes in one backward pass; the global "
                            "batch is batch_size x ranks x backward_passes_per_step", positive_int)
     lr: float = flag(INITIAL_LEARNING_RATE, "initial learning rate of one worker, before "
-                     "scaling by the number of ranks", positive_float)
-    lr_scaling: str = flag("linear", "how the rate grows with the number of ranks: lr x ranks, "
-                           "lr x sqrt(ranks), or lr", choices=("linear", "sqrt", "none"))
+                     "scaling by ranks x backward_passes_per_step", positive_float)
+    lr_scaling: str = flag("linear", "how the rate grows with W = ranks x "
+                           "backward_passes_per_step: lr x W, lr x sqrt(W), or lr",
+                           choices=("linear", "sqrt", "none"))
     max_lr: float = flag(DEFAULT_MAX_LR, "cap on the scaled learning rate (this network "
                          "diverges with 0.8 at 8 workers); 0 means no cap", non_negative_float)
     warmup_epochs: float = flag(None, "epochs of linear warm-up from lr to the scaled rate "
-                                f"(default: {DEFAULT_WARMUP_EPOCHS:g} when ranks > 1, "
+                                f"(default: {DEFAULT_WARMUP_EPOCHS:g} when W > 1, "
                                 "else 0)", non_negative_float)
     momentum: float = flag(0.0, "SGD momentum (the tutorial uses plain SGD)",
                            non_negative_float)
@@ -117,9 +118,10 @@ def pin_devices(local_rank, local_size):
 # ---------------------------------------------------------------------------------------------
 # Learning rate
 
-def scaled_learning_rate(lr, size, lr_scaling, max_lr):
-    """(peak rate, a sentence saying how it was reached) for size workers."""
-    factor = {"linear": size, "sqrt": math.sqrt(size), "none": 1}[lr_scaling]
+def scaled_learning_rate(lr, workers, lr_scaling, max_lr):
+    """(peak rate, a sentence saying how it was reached) for a global batch of `workers` times
+    one worker's batch."""
+    factor = {"linear": workers, "sqrt": math.sqrt(workers), "none": 1}[lr_scaling]
     rate = lr * factor
     rule = f"{lr_scaling} scaling: {lr:g} x {factor:.4g}"
     if max_lr and rate > max_lr:
@@ -153,13 +155,15 @@ class TutorialSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
 
 
 def learning_rate_schedule(config, size, steps_per_epoch):
-    """(TutorialSchedule, rule sentence) for size workers taking steps_per_epoch steps an epoch."""
-    # Horovod: the update averages the gradients of size workers, so the rate is scaled up.
-    peak_lr, rule = scaled_learning_rate(config.lr, size, config.lr_scaling, config.max_lr)
+    """(TutorialSchedule, rule sentence) for size ranks taking steps_per_epoch steps an epoch."""
+    # Horovod: one update averages the gradients of size ranks x backward passes, a global
+    # batch that many times one worker's, so the rate grows with it (Goyal et al. 2017).
+    workers = size * config.backward_passes_per_step
+    peak_lr, rule = scaled_learning_rate(config.lr, workers, config.lr_scaling, config.max_lr)
     warmup_epochs = config.warmup_epochs
     if warmup_epochs is None:
-        # Horovod: warm up only when the rate was scaled (Goyal et al. 2017).
-        warmup_epochs = DEFAULT_WARMUP_EPOCHS if size > 1 else 0.0
+        # Horovod: warm up only when the rate was scaled.
+        warmup_epochs = DEFAULT_WARMUP_EPOCHS if workers > 1 else 0.0
     schedule = TutorialSchedule(min(config.lr, peak_lr), peak_lr,
                                 int(round(warmup_epochs * steps_per_epoch)),
                                 int(NUM_EPOCHS_PER_DECAY * steps_per_epoch))

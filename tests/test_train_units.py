@@ -129,3 +129,11 @@ def test_a_terminal_gets_a_progress_bar_and_the_log_file_gets_the_lines(tmp_path
     assert ", loss = " not in text
     log = (tmp_path / "train.log").read_text()
     assert "step 2, loss = " in log and "step 4, loss = " in log
+
+
+def test_backward_passes_count_as_workers_for_the_rate_and_the_warm_up():
+    schedule, rule = train.learning_rate_schedule(config(backward_passes_per_step=4), 2, 10)
+    assert rule == "linear scaling: 0.1 x 8" and schedule.peak_lr == pytest.approx(0.8)
+    assert schedule.warmup_steps == 50
+    alone, _ = train.learning_rate_schedule(config(backward_passes_per_step=2), 1, 10)
+    assert alone.peak_lr == pytest.approx(0.2) and alone.warmup_steps == 50
