@@ -192,3 +192,12 @@ def test_backward_passes_per_step_counts_synchronized_steps(tiny_data, tmp_path)
     assert "finished at step 6" in result.stdout
     digests = weights_digests(result.stdout)
     assert digests["0"] == digests["1"]
+
+
+def test_an_exploding_loss_stops_every_rank_with_the_policy_in_the_message(tiny_data, tmp_path):
+    result = horovodrun(2, "gloo", "hvd_cifar.train", "--data_dir", tiny_data, "--train_dir",
+                        tmp_path / "run", *TRAIN_ARGS, "--max_steps", 30, "--lr", 1.5,
+                        "--max_lr", 0, "--warmup_epochs", 0, "--log_frequency", 1)
+    line = assert_one_line_error(result, "loss exploded to", "its running mean",
+                                 "linear scaling: 1.5 x 2", "lower --max_lr", launcher=True)
+    assert rank_of(line) == 0

@@ -137,3 +137,36 @@ def test_backward_passes_count_as_workers_for_the_rate_and_the_warm_up():
     assert schedule.warmup_steps == 50
     alone, _ = train.learning_rate_schedule(config(backward_passes_per_step=2), 1, 10)
     assert alone.peak_lr == pytest.approx(0.2) and alone.warmup_steps == 50
+
+
+@pytest.mark.parametrize("size, rate", [(1, 0.1), (2, 0.2), (8, 0.3), (64, 0.3)])
+def test_the_default_policy_is_linear_scaling_capped_at_0_3(size, rate):
+    schedule, rule = train.learning_rate_schedule(train.TrainConfig(), size, 100)
+    assert schedule.peak_lr == pytest.approx(rate)
+    assert rule.startswith(f"linear scaling: 0.1 x {size}")
+    assert ("capped by --max_lr 0.3" in rule) == (size > 3)
+
+
+@pytest.mark.parametrize("scaling, size, rate", [("sqrt", 64, 0.3), ("sqrt", 4, 0.2),
+                                                  ("none", 64, 0.1)])
+def test_the_cap_applies_to_every_rule(scaling, size, rate):
+    peak, _ = train.scaled_learning_rate(0.1, size, scaling, 0.3)
+    assert peak == pytest.approx(rate)
+
+
+class FakeTrainer:
+    warmup_steps, lr_rule = 100, "linear scaling: 0.1 x 8 = 0.8"
+
+    def learning_rate(self):
+        return 0.8
+
+
+def test_the_loss_guard_ignores_warm_up_and_stops_an_explosion_after_it():
+    train.check_loss(50.0, 2.0, step=100, trainer=FakeTrainer())    # still warming up
+    train.check_loss(7.9, 2.0, step=101, trainer=FakeTrainer())     # under 4x
+    with pytest.raises(UserError, match=r"loss exploded to 8.1 at step 101, 4.0x its running "
+                       r"mean 2 \(learning rate 0.8, linear scaling: 0.1 x 8 = 0.8\); lower "
+                       "--max_lr or use --lr_scaling sqrt"):
+        train.check_loss(8.1, 2.0, step=101, trainer=FakeTrainer())
+    with pytest.raises(UserError, match="loss is nan at step 5: training diverged"):
+        train.check_loss(float("nan"), None, step=5, trainer=FakeTrainer())
