@@ -150,14 +150,19 @@ def evaluate_once(config, checkpoint_path, test_paths, names):
 
 
 def training_wall_seconds(train_dir):
-    """{step: seconds since the run's first TensorBoard event}, from the events' own times."""
-    times = {}
+    """{step: seconds of training up to it}, from the TensorBoard events' own times.
+
+    Each start of the trainer (a resume) writes a new events file; time between runs is not
+    training time, so the files' spans are added up."""
+    times, earlier_runs = {}, 0.0
     for path in sorted(glob.glob(os.path.join(train_dir, "events.out.tfevents.*"))):
+        start = end = None
         for event in tf.compat.v1.train.summary_iterator(path):
-            times.setdefault("start", event.wall_time)
+            start = event.wall_time if start is None else start
+            end = event.wall_time
             if any(value.tag == "loss" for value in event.summary.value):
-                times[event.step] = event.wall_time - times["start"]
-    times.pop("start", None)
+                times[event.step] = earlier_runs + event.wall_time - start
+        earlier_runs += (end - start) if start is not None else 0.0
     return times
 
 

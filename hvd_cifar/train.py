@@ -13,7 +13,7 @@ import datetime
 import hashlib
 import math
 import os
-import shutil
+import signal
 import sys
 import time
 
@@ -413,6 +413,27 @@ def input_batches(config, size, rank, local_rank, start_step):
     return batches, steps_per_epoch
 
 
+class StopRequest:
+    """Remembers a SIGTERM (Slurm preemption or time limit, via --signal) or SIGINT (Ctrl-C);
+    the loop acts on it at the next log step, where every rank learns of it together."""
+
+    def __init__(self):
+        self.signal_number = 0
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signal_number, self.request)
+
+    def request(self, signal_number, frame):
+        self.signal_number = signal_number
+
+
+class Stopped(Exception):
+    """Training stopped on request after writing a checkpoint; exit with 128 + signal."""
+
+    def __init__(self, signal_number):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
 def check_loss(mean_loss, running_mean, step, trainer):
     """Stop on NaN/Inf (the tutorial's NanTensorHook) or on a loss that explodes after warm-up.
 
@@ -480,6 +501,7 @@ def train(config):
                 config.train_dir, f"{CHECKPOINT_PREFIX}-{step}"):
             manager.save(checkpoint_number=step)
 
+    stop_request = StopRequest()
     step = start_step
     interval_losses, interval_accuracies = [], []
     running_loss = None
@@ -492,9 +514,11 @@ def train(config):
         if step % config.log_frequency and step % config.checkpoint_every_steps and (
                 step < config.max_steps):
             continue
-        # Horovod: losses and accuracies are averaged over ranks, so all ranks see one number.
-        mean_loss, mean_accuracy = (float(v) for v in hvd.allreduce(
-            tf.stack([tf.reduce_mean(interval_losses), tf.reduce_mean(interval_accuracies)]),
+        # Horovod: losses and accuracies are averaged over ranks, so all ranks see one number;
+        # a stop request on any rank makes the averaged signal number non-zero on all of them.
+        mean_loss, mean_accuracy, stop_signal = (float(v) for v in hvd.allreduce(
+            tf.stack([tf.reduce_mean(interval_losses), tf.reduce_mean(interval_accuracies),
+                      float(stop_request.signal_number)]),
             op=hvd.Average, name="interval_metrics"))
         check_loss(mean_loss, running_loss, step, trainer)
         running_loss = mean_loss if running_loss is None else 0.9 * running_loss + 0.1 * mean_loss
@@ -509,6 +533,18 @@ def train(config):
                 write_histograms(trainer.model, next(batches)[0], log.writer, step)
         if step % config.checkpoint_every_steps == 0:
             save_checkpoint(step)
+        if stop_signal:
+            save_checkpoint(step)
+            # Horovod: nobody exits before rank 0's checkpoint is complete, since the launcher
+            # kills the remaining ranks as soon as one has exited.
+            hvd.allreduce(tf.constant(0.0), name="checkpoint_written")
+            if is_chief:
+                signal_name = signal.Signals(stop_request.signal_number or
+                                             signal.SIGTERM).name
+                log.line(f"hvd_cifar: stopped by {signal_name} at step {step}; checkpoint "
+                         f"written, run the same command again to resume")
+                log.close()
+            raise Stopped(stop_request.signal_number or signal.SIGTERM)
         interval_losses, interval_accuracies = [], []
         interval_start = time.perf_counter()
 
@@ -532,6 +568,8 @@ def main(argv=None):
     config = parse_into(TrainConfig, parser, argv)
     try:
         train(config)
+    except Stopped as stopped:
+        sys.exit(128 + stopped.signal_number)
     except UserError as error:
         # Horovod: every rank reached the same error; rank 0 says it once.
         if hvd.is_initialized() and hvd.rank() != 0:
