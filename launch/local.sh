@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Train on this machine: one rank per GPU, or N CPU ranks.
+#
+#   launch/local.sh [-np N] [train flags...]
+#   launch/local.sh -np 2 --max_steps 1000 --data_dir data
+#
+# The controller is Gloo unless HVD_CONTROLLER=mpi: on CPU hosts Open MPI's progress engine
+# busy-polls the cores the ranks compute on (measured here with 2 ranks on 2 cores: 474 img/s
+# with Gloo, 275 with MPI), and on GPU hosts NCCL moves the gradients either way.
+set -euo pipefail
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin=${VENV_BIN:-$repo_root/.venv/bin}
+controller=${HVD_CONTROLLER:-gloo}
+
+gpus=0
+if command -v nvidia-smi >/dev/null 2>&1; then
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+fi
+ranks=$(( gpus > 0 ? gpus : 2 ))
+if [ "${1:-}" = "-np" ]; then
+  ranks=${2:?-np needs a number}
+  shift 2
+fi
+if ! [[ "$ranks" =~ ^[1-9][0-9]*$ ]]; then
+  echo "hvd_cifar: error: -np must be a positive integer, got '$ranks'" >&2
+  exit 2
+fi
+if (( gpus > 0 && ranks > gpus )); then
+  echo "hvd_cifar: error: -np $ranks is more than the $gpus GPUs of this host" >&2
+  exit 2
+fi
+if [ "$(id -u)" = 0 ]; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+echo "launch/local.sh: $ranks ranks on $(hostname) ($([ "$gpus" -gt 0 ] && echo "$gpus GPUs" || echo CPU)), $controller controller"
+exec "$bin/horovodrun" -np "$ranks" -H "localhost:$ranks" "--$controller" \
+  "$bin/python" -m hvd_cifar.train "$@"

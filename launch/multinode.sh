@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Train across the machines of a Horovod hostfile (rented multi-node GPUs).
+#
+#   launch/multinode.sh HOSTFILE [train flags...]
+#   NETWORK_INTERFACE=ens5 launch/multinode.sh hosts --data_dir /shared/cifar --train_dir runs/big
+#
+# First runs launch/check_cluster.sh HOSTFILE and stops on any problem it lists; then starts one
+# rank per slot with horovodrun. NETWORK_INTERFACE names the interface the ranks talk over
+# (horovodrun --network-interface, and NCCL_SOCKET_IFNAME for NCCL); HVD_CONTROLLER=mpi uses
+# Open MPI instead of Gloo (extra mpirun options in MPI_ARGS). PYTHON is the interpreter's path,
+# the same on every host (default this checkout's .venv).
+set -euo pipefail
+hostfile=${1:?usage: launch/multinode.sh HOSTFILE [train flags...]}
+shift
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin=${VENV_BIN:-$repo_root/.venv/bin}
+python=${PYTHON:-$bin/python}
+controller=${HVD_CONTROLLER:-gloo}
+
+"$repo_root/launch/check_cluster.sh" "$hostfile"
+
+ranks=$(awk '!/^[[:space:]]*(#|$)/ {
+          n = 1
+          for (i = 2; i <= NF; i++) if ($i ~ /^slots=/) { sub("slots=", "", $i); n = $i }
+          if ($1 ~ /:/) { split($1, parts, ":"); n = parts[2] }
+          total += n
+        } END { print total + 0 }' "$hostfile")
+options=(-np "$ranks" -hostfile "$hostfile" "--$controller")
+if [ -n "${NETWORK_INTERFACE:-}" ]; then
+  options+=(--network-interface "$NETWORK_INTERFACE")
+  export NCCL_SOCKET_IFNAME=$NETWORK_INTERFACE
+fi
+if [ "$controller" = mpi ] && [ -n "${MPI_ARGS:-}" ]; then
+  options+=(--mpi-args="$MPI_ARGS")
+fi
+if [ "$(id -u)" = 0 ]; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+echo "launch/multinode.sh: $ranks ranks on the hosts of $hostfile, $controller controller"
+exec "$bin/horovodrun" "${options[@]}" "$python" -m hvd_cifar.train "$@"

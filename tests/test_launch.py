@@ -1,0 +1,80 @@
+"""The launchers with the real things: a real Slurm on localhost, horovodrun on this machine."""
+import os
+import re
+import subprocess
+
+import pytest
+
+from helpers import ENV, REPO_ROOT, BIN, run, weights_digests, write_cifar_dir
+
+pytestmark = pytest.mark.distributed
+
+TRAIN_FLAGS = ["--max_steps", "6", "--batch_size", "16", "--no_download", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    write_cifar_dir(str(root), train_per_file=40, num_test=30)
+    return root
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A one-node Slurm cluster (slurmctld, slurmd, munged) on localhost; its client env."""
+    cluster = tmp_path_factory.mktemp("slurm")
+    script = os.path.join(REPO_ROOT, "tests", "cluster", "slurm.sh")
+    started = subprocess.run([script, "start", str(cluster)], capture_output=True, text=True)
+    if started.returncode != 0:
+        pytest.fail("a real Slurm is needed (root and Debian's slurm-wlm and munge): "
+                    + started.stderr)
+    try:
+        yield {"SLURM_CONF": str(cluster / "slurm.conf")}
+    finally:
+        subprocess.run([script, "stop", str(cluster)], capture_output=True)
+
+
+@pytest.mark.parametrize("launcher, controller", [("srun", "MPI"), ("horovodrun", "Gloo")])
+def test_sbatch_train_sh_forms_one_horovod_job_of_2_tasks(slurm, tiny_data, tmp_path, launcher,
+                                                          controller):
+    # The CPU-partition overrides of the README, through sbatch flags and environment only.
+    result = run(["sbatch", "--wait", "--ntasks-per-node=2", "--gpus-per-task=0",
+                  "--cpus-per-task=1", "--time=10",
+                  f"--export=ALL,VENV={os.path.dirname(BIN)},DATA_DIR={tiny_data},"
+                  f"LAUNCHER={launcher}",
+                  os.path.join(REPO_ROOT, "slurm", "train.sh"), *TRAIN_FLAGS],
+                 env=slurm, cwd=tmp_path)
+    job_id = re.search(r"Submitted batch job (\d+)", result.stdout).group(1)
+    log_path = tmp_path / f"hvd_cifar-{job_id}.out"  # logs per job id, in the submit folder
+    log = log_path.read_text()
+    assert result.returncode == 0, log[-3000:]
+    assert f"2 ranks (2 on this host), {controller} controller" in log
+    digests = weights_digests(log)
+    assert set(digests) == {"0", "1"} and len(set(digests.values())) == 1
+    train_dir = tmp_path / "runs" / f"slurm-{job_id}"  # where the script says
+    assert (train_dir / "ckpt-6.index").exists()
+    assert "finished at step 6" in (train_dir / "train.log").read_text()
+
+
+def test_sbatch_eval_sh_evaluates_the_run(slurm, tiny_data, tmp_path):
+    train_dir = tmp_path / "run"
+    trained = run([os.path.join(BIN, "python"), "-m", "hvd_cifar.train", "--data_dir",
+                   str(tiny_data), "--train_dir", str(train_dir), *TRAIN_FLAGS])
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    result = run(["sbatch", "--wait", "--ntasks-per-node=2", "--gpus-per-task=0",
+                  "--cpus-per-task=1", "--time=10",
+                  f"--export=ALL,VENV={os.path.dirname(BIN)},DATA_DIR={tiny_data},"
+                  f"TRAIN_DIR={train_dir}", os.path.join(REPO_ROOT, "slurm", "eval.sh")],
+                 env=slurm, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    log = next(tmp_path.glob("hvd_cifar-eval-*.out")).read_text()
+    assert log.count("precision @ 1 = ") == 1
+    assert '"num_examples": 30' in (train_dir / "eval.json").read_text()
+
+
+def test_local_sh_starts_n_cpu_ranks_and_passes_the_train_flags(tiny_data, tmp_path):
+    result = run([os.path.join(REPO_ROOT, "launch", "local.sh"), "-np", "2", "--data_dir",
+                  str(tiny_data), "--train_dir", str(tmp_path / "run"), *TRAIN_FLAGS])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "launch/local.sh: 2 ranks on" in result.stdout and "Gloo controller" in result.stdout
+    assert "finished at step 6" in result.stdout
