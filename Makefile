@@ -43,6 +43,7 @@ train: data
 	$(PYTHON) -m hvd_cifar.evaluate --data_dir $(DATA_DIR) --checkpoint_dir $(TRAIN_DIR) --run_once
 
 test: install
+	bash tests/cluster/system_packages.sh
 	$(PYTHON) -m pytest -ra $(PYTEST_ARGS) tests
 
 # The tutorial's learning curve on real images (see docs/results/): DATA is a class-folder tree

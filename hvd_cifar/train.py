@@ -77,6 +77,8 @@ class TrainConfig:
     backward_passes_per_step: int = flag(1, "backward passes whose gradients are summed "
                                          "locally before one all-reduce and update",
                                          positive_int)
+    threads_per_rank: int = flag(0, "TensorFlow threads of each CPU rank (0: the host's cores "
+                                 "split between its ranks)", non_negative_int)
     xla: str = flag("auto", "compile the training step with XLA (auto: on GPUs only)",
                     choices=("auto", "on", "off"))
     summary_histograms: bool = flag(False, "also write the tutorial's activation histograms "
@@ -90,7 +92,7 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------------
 # Devices
 
-def plan_devices(gpus, local_rank, local_size, cpu_count):
+def plan_devices(gpus, local_rank, local_size, cpu_count, threads_per_rank=0):
     """(GPU to make visible or None, threads for TensorFlow's intra-op pool) for this rank."""
     if gpus:
         if local_rank >= len(gpus):
@@ -98,13 +100,14 @@ def plan_devices(gpus, local_rank, local_size, cpu_count):
                             f"GPUs but runs {local_size} ranks (start one rank per GPU)")
         return gpus[local_rank], None
     # Ranks on one host share its cores: oversubscribed thread pools make them all slower.
-    return None, max(1, cpu_count // local_size)
+    return None, threads_per_rank or max(1, cpu_count // local_size)
 
 
-def pin_devices(local_rank, local_size):
+def pin_devices(local_rank, local_size, threads_per_rank=0):
     """Horovod: one GPU per rank by local rank (memory growth on), else a share of the cores."""
     gpus = tf.config.list_physical_devices("GPU")
-    gpu, threads = plan_devices(gpus, local_rank, local_size, len(os.sched_getaffinity(0)))
+    gpu, threads = plan_devices(gpus, local_rank, local_size, len(os.sched_getaffinity(0)),
+                                threads_per_rank)
     if gpu is not None:
         for device in gpus:
             tf.config.experimental.set_memory_growth(device, True)
@@ -455,7 +458,7 @@ def train(config):
     hvd.init()
     rank, size, local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
     is_chief = rank == 0  # Horovod: rank 0 alone writes checkpoints, summaries and the log.
-    device = pin_devices(local_rank, hvd.local_size())
+    device = pin_devices(local_rank, hvd.local_size(), config.threads_per_rank)
     # Python, NumPy and TensorFlow: Keras initializers without a seed draw one from Python.
     tf.keras.utils.set_random_seed(config.seed)
 
