@@ -41,6 +41,21 @@ class EvalConfig:
                                    positive_int)
 
 
+# What TensorFlow raises for a checkpoint that is truncated, corrupt or of another model.
+CHECKPOINT_ERRORS = (ValueError, AssertionError, IndexError, tf.errors.OpError)
+
+
+def restore_checkpoint(checkpoint, path, partial=False):
+    """checkpoint.restore(path), every object of ours matched, or a UserError naming path."""
+    try:
+        status = checkpoint.restore(path)
+        (status.expect_partial() if partial else status).assert_existing_objects_matched()
+    except CHECKPOINT_ERRORS as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+        raise UserError(f"checkpoint {path} does not fit this model or is damaged ({reason}); "
+                        "use another --train_dir or --fresh") from None
+
+
 def load_averaged_model(checkpoint_path):
     """The tutorial network holding the checkpoint's moving averages; (model, global_step)."""
     model = model_lib.inference()
@@ -48,12 +63,7 @@ def load_averaged_model(checkpoint_path):
     global_step = tf.Variable(0, dtype=tf.int64)
     checkpoint = tf.train.Checkpoint(model=model, moving_averages=averages,
                                      global_step=global_step)
-    try:
-        checkpoint.restore(checkpoint_path).expect_partial().assert_existing_objects_matched()
-    except (ValueError, AssertionError, tf.errors.OpError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
-        raise UserError(f"checkpoint {checkpoint_path} does not fit this model ({reason})"
-                        ) from None
+    restore_checkpoint(checkpoint, checkpoint_path, partial=True)
     # As cifar10_eval.py restores the shadow variables in place of the trained ones.
     for variable, average in zip(model.trainable_variables, averages):
         variable.assign(average)

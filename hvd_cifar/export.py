@@ -1,6 +1,7 @@
 """Export a checkpoint's moving-average weights as a SavedModel for serving.
 
     python -m hvd_cifar.export --checkpoint_dir T --out DIR [--data_dir D]
+    python -m hvd_cifar.export --checkpoint_dir T --weights FILE.h5     (weights only)
 
 The serving signature takes uint8 images [batch, 32, 32, 3] of any batch size and returns
 `probabilities` [batch, classes], `label` (the class index) and `label_name`; the eval
@@ -58,16 +59,32 @@ def export(checkpoint_dir, out_dir, class_names):
     return global_step
 
 
+def export_weights(checkpoint_dir, path):
+    """The moving-average weights alone, as a Keras HDF5 weights file (what the package ships)."""
+    network, global_step = load_averaged_model(latest_checkpoint(checkpoint_dir))
+    partial = f"{path}.part.h5"
+    network.save_weights(partial)
+    os.replace(partial, path)
+    return global_step
+
+
 def main(argv=None):
     parser = ArgumentParser(prog="python -m hvd_cifar.export",
                             description="Export moving-average weights as a SavedModel.")
     parser.add_argument("--checkpoint_dir", "--checkpoint-dir", required=True,
                         help="train_dir whose newest checkpoint is exported")
-    parser.add_argument("--out", required=True, help="the SavedModel folder to create")
+    destination = parser.add_mutually_exclusive_group(required=True)
+    destination.add_argument("--out", help="the SavedModel folder to create")
+    destination.add_argument("--weights", help="write only the moving-average weights to this "
+                             ".h5 file (as shipped in hvd_cifar/weights/)")
     parser.add_argument("--data_dir", "--data-dir", default="data",
                         help="class names from its batches.meta.txt when present, else "
                         "CIFAR-10's (default: data)")
     args = parser.parse_args(argv)
+    if args.weights:
+        step = export_weights(args.checkpoint_dir, args.weights)
+        print(f"{args.weights}: moving-average weights of step {step}")
+        return
     names = data.class_names(os.path.join(args.data_dir, data.BATCHES_DIR))
     step = export(args.checkpoint_dir, args.out, names)
     print(f"{args.out}: SavedModel of step {step} ({len(names)} classes)")

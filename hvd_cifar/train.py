@@ -19,6 +19,7 @@ import time
 
 import hvd_cifar  # noqa: F401  (quiets TensorFlow's start-up logging before it is imported)
 from hvd_cifar import data, model as model_lib
+from hvd_cifar.evaluate import CHECKPOINT_ERRORS, restore_checkpoint
 from hvd_cifar.config import (INITIAL_LEARNING_RATE, LEARNING_RATE_DECAY_FACTOR,
                               MOVING_AVERAGE_DECAY, NUM_EPOCHS_PER_DECAY, ArgumentParser,
                               UserError, fail, flag, non_negative_float, non_negative_int,
@@ -304,26 +305,18 @@ def checkpoint_step(train_dir):
         return 0
     try:
         return int(tf.train.load_variable(path, "global_step/.ATTRIBUTES/VARIABLE_VALUE"))
-    except (ValueError, tf.errors.OpError) as error:
-        raise UserError(f"checkpoint {path} cannot be read ({first_line(error)}); use another "
+    except CHECKPOINT_ERRORS as error:
+        text = str(error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
+        raise UserError(f"checkpoint {path} cannot be read ({reason}); use another "
                         "--train_dir or --fresh") from None
-
-
-def first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def restore_latest(trainer, train_dir):
     """Restore the newest checkpoint of train_dir into trainer; its path, or None."""
     path = tf.train.latest_checkpoint(train_dir)
-    if path is None:
-        return None
-    try:
-        trainer.checkpoint.restore(path).assert_existing_objects_matched()
-    except (ValueError, AssertionError, tf.errors.OpError) as error:
-        raise UserError(f"checkpoint {path} does not fit this model ({first_line(error)}); "
-                        "use another --train_dir or --fresh") from None
+    if path is not None:
+        restore_checkpoint(trainer.checkpoint, path)
     return path
 
 

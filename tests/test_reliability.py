@@ -1,0 +1,95 @@
+"""Interrupted runs and broken checkpoints: stop cleanly, lose nothing, say what is wrong."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import (BIN, ENV, REPO_ROOT, assert_one_line_error, python_module, weights_digests,
+                     write_cifar_dir)
+
+TRAIN_FLAGS = ["--batch_size", "16", "--no_download", "--seed", "3", "--log_frequency", "5"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    write_cifar_dir(str(root), train_per_file=40, num_test=30)
+    return root
+
+
+def train_command(data_dir, train_dir, max_steps, ranks=2):
+    return [os.path.join(BIN, "horovodrun"), "-np", str(ranks), "--gloo",
+            os.path.join(BIN, "python"), "-m", "hvd_cifar.train", "--data_dir", str(data_dir),
+            "--train_dir", str(train_dir), "--max_steps", str(max_steps), *TRAIN_FLAGS]
+
+
+def logged_steps(train_dir):
+    log = train_dir / "train.log"
+    return [int(s) for s in re.findall(r"step (\d+), loss", log.read_text())] if log.exists() else []
+
+
+@pytest.mark.distributed
+def test_ctrl_c_checkpoints_the_current_step_and_the_rerun_continues_exactly(tiny_data, tmp_path):
+    train_dir = tmp_path / "run"
+    # Ctrl-C in a terminal: SIGINT to the launcher's whole process group.
+    job = subprocess.Popen(train_command(tiny_data, train_dir, 100_000), env=ENV, cwd=REPO_ROOT,
+                           start_new_session=True, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while (not logged_steps(train_dir) or logged_steps(train_dir)[-1] < 20) and \
+            time.monotonic() < deadline:
+        time.sleep(0.3)
+    os.killpg(job.pid, signal.SIGINT)
+    output, _ = job.communicate(timeout=120)
+    assert job.returncode != 0
+    stopped = re.search(r"stopped by SIG\w+ at step (\d+); checkpoint written", output)
+    assert stopped, output[-3000:]
+    stop_step = int(stopped.group(1))
+    assert stop_step % 5 == 0 and stop_step >= 20
+    assert (train_dir / f"ckpt-{stop_step}.index").exists()
+    assert "Traceback" not in "".join(line for line in output.splitlines()
+                                      if line.startswith("["))  # the ranks stopped cleanly
+
+    final_step = stop_step + 10
+    resumed = subprocess.run(train_command(tiny_data, train_dir, final_step), env=ENV,
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {train_dir}/ckpt-{stop_step} at step {stop_step}" in resumed.stdout
+    straight = subprocess.run(train_command(tiny_data, tmp_path / "straight", final_step),
+                              env=ENV, cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=600)
+    assert weights_digests(resumed.stdout) == weights_digests(straight.stdout)
+
+
+def test_a_corrupt_checkpoint_is_named_and_kept(tiny_data, tmp_path):
+    train_dir = tmp_path / "run"
+    args = ["--data_dir", tiny_data, "--train_dir", train_dir, *TRAIN_FLAGS]
+    assert python_module("hvd_cifar.train", *args, "--max_steps", 5).returncode == 0
+    data_file = train_dir / "ckpt-5.data-00000-of-00001"
+    data_file.write_bytes(data_file.read_bytes()[:1000])
+    result = python_module("hvd_cifar.train", *args, "--max_steps", 10)
+    assert_one_line_error(result, f"checkpoint {train_dir}/ckpt-5", "--fresh", status=1)
+    assert data_file.stat().st_size == 1000  # nothing overwritten or deleted
+    evaluate = python_module("hvd_cifar.evaluate", "--data_dir", tiny_data, "--checkpoint_dir",
+                             train_dir, "--run_once")
+    assert_one_line_error(evaluate, f"checkpoint {train_dir}/ckpt-5", status=1)
+
+
+def test_a_checkpoint_of_a_different_model_is_refused(tiny_data, tmp_path):
+    import tensorflow as tf
+    train_dir = tmp_path / "other"
+    train_dir.mkdir()
+    other = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)])
+    tf.train.Checkpoint(model=other, global_step=tf.Variable(7, dtype=tf.int64)).save(
+        str(train_dir / "ckpt"))
+    result = python_module("hvd_cifar.train", "--data_dir", tiny_data, "--train_dir",
+                           train_dir, *TRAIN_FLAGS, "--max_steps", 10)
+    assert_one_line_error(result, f"checkpoint {train_dir}/ckpt-1 does not fit this model",
+                          status=1)
+    predict = python_module("hvd_cifar.predict", "--checkpoint_dir", train_dir,
+                            os.path.join(REPO_ROOT, "README.md"))
+    assert_one_line_error(predict, "does not fit this model", status=1)
