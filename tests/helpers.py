@@ -40,6 +40,13 @@ def write_cifar_dir(root, train_per_file=40, num_test=30, seed=0, labels=None):
     return batches_dir, arrays
 
 
+def set_label(path, record, label):
+    """Overwrite the label byte of one record of a CIFAR batch file."""
+    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, data.RECORD_BYTES)
+    raw[record, 0] = label
+    raw.tofile(path)
+
+
 def run(args, timeout=LAUNCH_TIMEOUT_SECONDS, env=None, cwd=REPO_ROOT):
     """Run a command to completion; CompletedProcess with text stdout and stderr."""
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout,

@@ -1,10 +1,9 @@
 """Expected failures end as one `hvd_cifar: error:` line naming the flag or file, no traceback."""
 import os
 
-import numpy as np
 import pytest
 
-from helpers import assert_one_line_error, python_module, write_cifar_dir
+from helpers import assert_one_line_error, python_module, set_label, write_cifar_dir
 
 
 @pytest.mark.parametrize("value, fragment", [
@@ -62,10 +61,7 @@ def test_a_truncated_batch_file_stops_training_with_its_name(tmp_path):
 
 def test_a_label_out_of_range_stops_training_with_its_name(tmp_path):
     batches_dir, _ = write_cifar_dir(str(tmp_path))
-    path = os.path.join(batches_dir, "data_batch_1.bin")
-    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, 3073)
-    raw[0, 0] = 200
-    raw.tofile(path)
+    set_label(os.path.join(batches_dir, "data_batch_1.bin"), record=0, label=200)
     result = python_module("hvd_cifar.train", "--data_dir", tmp_path, "--train_dir",
                            tmp_path / "run", "--no_download")
     assert_one_line_error(result, "data_batch_1.bin: record 0 has label 200", status=1)

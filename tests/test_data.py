@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from hvd_cifar import data
 from hvd_cifar.config import UserError
-from helpers import random_images, write_cifar_dir
+from helpers import random_images, set_label, write_cifar_dir
 
 
 def labels_as_ids(count, offset):
@@ -176,10 +176,7 @@ def test_a_missing_batch_file_is_named(tmp_path):
 
 def test_a_label_above_9_is_named_with_its_record(tmp_path):
     batches_dir, _ = write_cifar_dir(str(tmp_path))
-    path = os.path.join(batches_dir, "test_batch.bin")
-    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, 3073)
-    raw[4, 0] = 12
-    raw.tofile(path)
+    set_label(os.path.join(batches_dir, "test_batch.bin"), record=4, label=12)
     with pytest.raises(UserError, match="test_batch.bin: record 4 has label 12, outside 0..9"):
         data.split_files(batches_dir, "test")
 

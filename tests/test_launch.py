@@ -5,18 +5,12 @@ import subprocess
 
 import pytest
 
-from helpers import ENV, REPO_ROOT, BIN, run, weights_digests, write_cifar_dir
+from helpers import REPO_ROOT, BIN, run, weights_digests
 
 pytestmark = pytest.mark.distributed
 
 TRAIN_FLAGS = ["--max_steps", "6", "--batch_size", "16", "--no_download", "--seed", "3"]
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    write_cifar_dir(str(root), train_per_file=40, num_test=30)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from helpers import BIN, REPO_ROOT, run, weights_digests, write_cifar_dir
+from helpers import BIN, REPO_ROOT, run, weights_digests
 
 pytestmark = pytest.mark.distributed
 
@@ -16,12 +16,6 @@ FLAGS = ["--max_steps", "6", "--batch_size", "16", "--no_download", "--seed", "3
          "--threads_per_rank", "1"]
 MEGABYTE = 1 << 20
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    write_cifar_dir(str(root), train_per_file=40, num_test=30)
-    return root
 
 
 @pytest.fixture(scope="module")

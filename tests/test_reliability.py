@@ -3,22 +3,14 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from helpers import (BIN, ENV, REPO_ROOT, assert_one_line_error, python_module, weights_digests,
-                     write_cifar_dir)
+from helpers import (BIN, ENV, REPO_ROOT, assert_one_line_error, python_module, weights_digests)
 
 TRAIN_FLAGS = ["--batch_size", "16", "--no_download", "--seed", "3", "--log_frequency", "5"]
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    write_cifar_dir(str(root), train_per_file=40, num_test=30)
-    return root
 
 
 def train_command(data_dir, train_dir, max_steps, ranks=2):

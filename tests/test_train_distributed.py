@@ -9,19 +9,13 @@ import pytest
 import tensorflow as tf
 
 from helpers import (BIN, REPO_ROOT, assert_one_line_error, horovodrun, python_module, run,
-                     weights_digests, write_cifar_dir)
+                     weights_digests)
 
 pytestmark = pytest.mark.distributed
 
 # 5 files x 40 = 200 records: at 2 ranks x batch 16 a shard of 100 gives 6 steps an epoch.
 TRAIN_ARGS = ("--batch_size", 16, "--log_frequency", 5, "--no_download", "--seed", 3)
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    write_cifar_dir(str(root), train_per_file=40, num_test=30)
-    return root
 
 
 def train_2_ranks(controller, data_dir, train_dir, *args):
