@@ -446,7 +446,13 @@ def check_loss(mean_loss, running_mean, step, trainer):
                         "lower --max_lr or use --lr_scaling sqrt")
 
 
+# Horovod: a rank that waits in a collective longer than this (another rank died or hangs)
+# shuts the job down instead of hanging forever; the default, 0, never does.
+STALL_SHUTDOWN_SECONDS = "300"
+
+
 def train(config):
+    os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", STALL_SHUTDOWN_SECONDS)
     # Horovod: start the controller (MPI or Gloo) and learn this process's place in the job.
     hvd.init()
     rank, size, local_rank = hvd.rank(), hvd.size(), hvd.local_rank()

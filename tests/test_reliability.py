@@ -85,3 +85,49 @@ def test_a_checkpoint_of_a_different_model_is_refused(tiny_data, tmp_path):
     predict = python_module("hvd_cifar.predict", "--checkpoint_dir", train_dir,
                             os.path.join(REPO_ROOT, "README.md"))
     assert_one_line_error(predict, "does not fit this model", status=1)
+
+
+def rank_pids(rank, train_dir):
+    """PIDs of the python trainer processes of rank (Gloo sets HOROVOD_RANK per process)
+    training into train_dir."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environment = f.read().split(b"\0")
+        except OSError:
+            continue
+        arguments = command.split(b"\0")
+        if (arguments[0].endswith(b"python") and str(train_dir).encode() in arguments
+                and f"HOROVOD_RANK={rank}".encode() in environment):
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.distributed
+def test_a_killed_rank_ends_the_job_and_the_rerun_loses_at_most_one_checkpoint_interval(
+        tiny_data, tmp_path):
+    train_dir = tmp_path / "run"
+    command = train_command(tiny_data, train_dir, 100_000) + ["--checkpoint_every_steps", "10"]
+    job = subprocess.Popen(command, env=ENV, cwd=REPO_ROOT, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while (not logged_steps(train_dir) or logged_steps(train_dir)[-1] < 25) and \
+            time.monotonic() < deadline:
+        time.sleep(0.3)
+    [victim] = rank_pids(1, train_dir)
+    os.kill(victim, signal.SIGKILL)
+    killed_at = logged_steps(train_dir)[-1]
+    # No hang: the launcher sees the dead rank and ends the job (communicate would time out).
+    job.communicate(timeout=180)
+    assert job.returncode != 0
+    assert rank_pids(0, train_dir) == []  # rank 0 did not linger
+
+    resumed = subprocess.run(train_command(tiny_data, train_dir, killed_at + 10), env=ENV,
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed_from = int(re.search(r"resuming from .*ckpt-(\d+) at step", resumed.stdout).group(1))
+    assert killed_at - resumed_from <= 10
+    assert f"finished at step {killed_at + 10}" in resumed.stdout
