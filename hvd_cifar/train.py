@@ -247,11 +247,14 @@ class Trainer:
     def step(self, batches):
         """One synchronized update from backward_passes_per_step batches; (loss, accuracy)."""
         self.optimizer.learning_rate.assign(self.schedule(self.global_step))
-        results = [self.backward_pass(images, labels)
-                   for images, labels in (next(batches)
-                                          for _ in range(self.config.backward_passes_per_step))]
+        for _ in range(self.config.backward_passes_per_step):
+            images, labels = next(batches)
+            loss, accuracy = self.backward_pass(images, labels)
         self.finish_step()
-        return results[-1]
+        # The batch just trained on, for activation histograms (drawing another batch would
+        # move this rank's data position).
+        self.last_images = images
+        return loss, accuracy
 
 
 def weights_digest(variables):
@@ -461,10 +464,7 @@ def train(config):
     # Python, NumPy and TensorFlow: Keras initializers without a seed draw one from Python.
     tf.keras.utils.set_random_seed(config.seed)
 
-    if is_chief:
-        on_every_rank(lambda: prepare_train_dir(config.train_dir, config.fresh))
-    else:
-        on_every_rank(lambda: None)
+    on_every_rank(lambda: prepare_train_dir(config.train_dir, config.fresh) if is_chief else None)
 
     # Horovod: the step to resume from is rank 0's, and decides every rank's data position.
     start_step = on_every_rank(lambda: checkpoint_step(config.train_dir) if is_chief else 0)
@@ -532,7 +532,7 @@ def train(config):
                             "examples_per_sec": global_batch * len(interval_losses) / elapsed,
                             "sec_per_batch": elapsed / len(interval_losses)})
             if config.summary_histograms:
-                write_histograms(trainer.model, next(batches)[0], log.writer, step)
+                write_histograms(trainer.model, trainer.last_images, log.writer, step)
         if step % config.checkpoint_every_steps == 0:
             save_checkpoint(step)
         if stop_signal:
