@@ -7,6 +7,7 @@ knows about Horovod: sharding takes (num_shards, shard_index) as plain arguments
     python -m hvd_cifar.data convert SRC OUT      (image folders -> this binary layout)
 """
 import hashlib
+import io
 import os
 import shutil
 import sys
@@ -17,6 +18,7 @@ import urllib.request
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from hvd_cifar.config import ArgumentParser, UserError, run_command
 
@@ -266,13 +268,12 @@ def train_dataset(paths, num_records, batch_size, num_shards=1, shard_index=0, s
     """
     records_per_shard, steps_per_epoch = shard_sizes(num_records, batch_size, num_shards)
     examples_per_epoch = steps_per_epoch * batch_size
-    images, labels = shard_records(paths, num_records, num_shards, shard_index).batch(
+    images, shard_labels = shard_records(paths, num_records, num_shards, shard_index).batch(
         records_per_shard).get_single_element()
     # A host variable, not a constant: tf.data functions capture it by reference, so the
     # shard is not copied into every function graph.
     with tf.device("/cpu:0"):
         shard_images = tf.Variable(images, trainable=False, name="shard_images")
-    shard_labels = labels
 
     def example(position):
         epoch, index_in_epoch = position // examples_per_epoch, position % examples_per_epoch
@@ -360,8 +361,6 @@ def image_bytes(source, wanted):
 
 def decode_to_cifar(raw):
     """Any PIL-readable image -> uint8 32x32x3 (resized with antialiasing when it is not)."""
-    import io
-    from PIL import Image
     with Image.open(io.BytesIO(raw)) as image:
         image = image.convert("RGB")
         if image.size != (ORIGINAL_SIZE, ORIGINAL_SIZE):
