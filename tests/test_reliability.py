@@ -1,4 +1,5 @@
 """Interrupted runs and broken checkpoints: stop cleanly, lose nothing, say what is wrong."""
+import contextlib
 import os
 import re
 import signal
@@ -19,6 +20,27 @@ def train_command(data_dir, train_dir, max_steps, ranks=2):
             "--train_dir", str(train_dir), "--max_steps", str(max_steps), *TRAIN_FLAGS]
 
 
+@contextlib.contextmanager
+def launched(command):
+    """A job in its own process group, which is killed whole however the test ends."""
+    job = subprocess.Popen(command, env=ENV, cwd=REPO_ROOT, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield job
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+
+
+def wait_for_step(train_dir, step):
+    deadline = time.monotonic() + 300
+    while (not logged_steps(train_dir) or logged_steps(train_dir)[-1] < step) and \
+            time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert logged_steps(train_dir) and logged_steps(train_dir)[-1] >= step
+
+
 def logged_steps(train_dir):
     log = train_dir / "train.log"
     return [int(s) for s in re.findall(r"step (\d+), loss", log.read_text())] if log.exists() else []
@@ -27,16 +49,11 @@ def logged_steps(train_dir):
 @pytest.mark.distributed
 def test_ctrl_c_checkpoints_the_current_step_and_the_rerun_continues_exactly(tiny_data, tmp_path):
     train_dir = tmp_path / "run"
-    # Ctrl-C in a terminal: SIGINT to the launcher's whole process group.
-    job = subprocess.Popen(train_command(tiny_data, train_dir, 100_000), env=ENV, cwd=REPO_ROOT,
-                           start_new_session=True, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while (not logged_steps(train_dir) or logged_steps(train_dir)[-1] < 20) and \
-            time.monotonic() < deadline:
-        time.sleep(0.3)
-    os.killpg(job.pid, signal.SIGINT)
-    output, _ = job.communicate(timeout=120)
+    with launched(train_command(tiny_data, train_dir, 100_000)) as job:
+        wait_for_step(train_dir, 20)
+        # Ctrl-C in a terminal: SIGINT to the launcher's whole process group.
+        os.killpg(job.pid, signal.SIGINT)
+        output, _ = job.communicate(timeout=120)
     assert job.returncode != 0
     stopped = re.search(r"stopped by SIG\w+ at step (\d+); checkpoint written", output)
     assert stopped, output[-3000:]
@@ -111,17 +128,13 @@ def test_a_killed_rank_ends_the_job_and_the_rerun_loses_at_most_one_checkpoint_i
         tiny_data, tmp_path):
     train_dir = tmp_path / "run"
     command = train_command(tiny_data, train_dir, 100_000) + ["--checkpoint_every_steps", "10"]
-    job = subprocess.Popen(command, env=ENV, cwd=REPO_ROOT, start_new_session=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while (not logged_steps(train_dir) or logged_steps(train_dir)[-1] < 25) and \
-            time.monotonic() < deadline:
-        time.sleep(0.3)
-    [victim] = rank_pids(1, train_dir)
-    os.kill(victim, signal.SIGKILL)
-    killed_at = logged_steps(train_dir)[-1]
-    # No hang: the launcher sees the dead rank and ends the job (communicate would time out).
-    job.communicate(timeout=180)
+    with launched(command) as job:
+        wait_for_step(train_dir, 25)
+        [victim] = rank_pids(1, train_dir)
+        os.kill(victim, signal.SIGKILL)
+        killed_at = logged_steps(train_dir)[-1]
+        # No hang: the launcher sees the dead rank and ends the job (communicate would time out).
+        job.communicate(timeout=180)
     assert job.returncode != 0
     assert rank_pids(0, train_dir) == []  # rank 0 did not linger
 
