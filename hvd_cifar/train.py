@@ -61,7 +61,8 @@ class TrainConfig:
                                 "else 0)", non_negative_float)
     momentum: float = flag(0.0, "SGD momentum (the tutorial uses plain SGD)",
                            non_negative_float)
-    log_frequency: int = flag(10, "log every this many steps", positive_int)
+    log_frequency: int = flag(10, "log every this many steps; the loss checks and a stop on "
+                              "SIGTERM/SIGINT also happen there", positive_int)
     checkpoint_every_steps: int = flag(1000, "write a checkpoint every this many steps (and "
                                        "at the end)", positive_int)
     keep_checkpoints: int = flag(5, "how many of the newest checkpoints to keep", positive_int)
