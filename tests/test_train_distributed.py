@@ -80,7 +80,7 @@ def one_step(out, ranks, batch_size, lr, passes=1, examples=16):
 
 @pytest.mark.parametrize("ranks, batch_size, lr, passes", [
     (2, 8, 0.05, 1),   # two ranks of 8 at 0.05 x 2 ranks
-    (1, 8, 0.1, 2),    # one rank, two backward passes of 8 summed locally
+    (1, 8, 0.05, 2),   # one rank, two backward passes of 8 averaged locally, 0.05 x 2 passes
 ])
 def test_one_step_equals_one_process_taking_all_16_examples_at_once(
         tmp_path, ranks, batch_size, lr, passes):
