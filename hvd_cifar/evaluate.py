@@ -116,6 +116,13 @@ def write_atomically(path, write):
     os.replace(partial, path)
 
 
+def write_json(path, value):
+    def write(partial):
+        with open(partial, "w") as f:
+            json.dump(value, f, indent=1)
+    write_atomically(path, write)
+
+
 def plot_confusion(counts, names, title, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -151,8 +158,7 @@ def evaluate_once(config, checkpoint_path, test_paths, names):
     summary = summarize(counts, names, global_step, checkpoint_path)
     print(f"{datetime.datetime.now()}: precision @ 1 = {summary['precision_at_1']:.3f} "
           f"(step {global_step}, {summary['num_examples']} examples)", flush=True)
-    write_atomically(os.path.join(config.checkpoint_dir, "eval.json"),
-                     lambda partial: open(partial, "w").write(json.dumps(summary, indent=1)))
+    write_json(os.path.join(config.checkpoint_dir, "eval.json"), summary)
     plot_confusion(counts, names, f"step {global_step}: precision @ 1 = "
                    f"{summary['precision_at_1']:.3f}",
                    os.path.join(config.checkpoint_dir, "confusion_matrix.png"))
@@ -204,8 +210,7 @@ def evaluate_all(config, test_paths, names):
                           "precision_at_1": summary["precision_at_1"],
                           "wall_seconds": wall_seconds.get(summary["global_step"])})
     if hvd.rank() == 0:
-        write_atomically(os.path.join(config.checkpoint_dir, "eval_curve.json"),
-                         lambda partial: open(partial, "w").write(json.dumps(curve, indent=1)))
+        write_json(os.path.join(config.checkpoint_dir, "eval_curve.json"), curve)
         plot_curve(curve, os.path.join(config.checkpoint_dir, "eval_curve.png"))
 
 

@@ -219,6 +219,7 @@ class Trainer:
         # HorovodAllreduce fails ("No registered 'HorovodAllreduce' OpKernel for XLA_CPU_JIT").
         self.forward = tf.function(self._forward, jit_compile=jit_compile)
         self.backward_pass = tf.function(self._backward_pass)
+        self.set_learning_rate = tf.function(self._set_learning_rate)
         self.finish_step = tf.function(self._finish_step)
 
     def state_variables(self):
@@ -241,13 +242,17 @@ class Trainer:
         correct = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels)
         return loss, tf.reduce_mean(tf.cast(correct, tf.float32))
 
+    def _set_learning_rate(self):
+        # One compiled call a step instead of the schedule's ops run eagerly one by one.
+        self.optimizer.learning_rate.assign(self.schedule(self.global_step))
+
     def _finish_step(self):
         self.global_step.assign_add(1)
         self.moving_averages.apply(self.model.trainable_variables)
 
     def step(self, batches):
         """One synchronized update from backward_passes_per_step batches; (loss, accuracy)."""
-        self.optimizer.learning_rate.assign(self.schedule(self.global_step))
+        self.set_learning_rate()
         for _ in range(self.config.backward_passes_per_step):
             images, labels = next(batches)
             loss, accuracy = self.backward_pass(images, labels)
