@@ -14,12 +14,13 @@ TRAIN_DIR  ?= runs/train
 # on this JPEG copy of CIFAR-10 instead of downloading the official archive; it says so.
 JPEG_DATA  ?= ../shared/data/cifar10-jpeg.tar.gz
 PYTEST_ARGS ?=
+BENCH_STEPS ?= 60
 
 # Open MPI refuses to run as root unless both are set (containers and CI run as root).
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
-.PHONY: install train test data reproduce
+.PHONY: install train test data reproduce bench
 
 install: $(VENV)/.installed
 
@@ -50,3 +51,8 @@ test: install
 # or its tar.gz, e.g. make reproduce DATA=../shared/data/cifar10-jpeg.tar.gz RANKS=2 STEPS=10000
 reproduce: install
 	RANKS=$(or $(RANKS),2) STEPS=$(or $(REPRO_STEPS),10000) bash launch/reproduce.sh $(DATA)
+
+# Throughput against plain Keras, Gloo vs MPI and MultiWorkerMirroredStrategy on this machine:
+# bench/results.json, bench/results.md and bench/throughput.png (run it on an idle machine).
+bench: install
+	$(PYTHON) launch/bench_suite.py --out bench --steps $(BENCH_STEPS)

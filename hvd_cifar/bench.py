@@ -1,0 +1,377 @@
+"""Throughput benchmark of the training step, alone or under horovodrun.
+
+    python -m hvd_cifar.bench --json                     (one worker)
+    horovodrun -np 2 python -m hvd_cifar.bench --json    (all ranks; rank 0 prints)
+    python -m hvd_cifar.bench --framework keras --json   (the same model with plain model.fit)
+    python -m hvd_cifar.bench --model_scaling --compute_images_per_sec 242524
+
+The Horovod benchmark times, in one run and on every rank at once: a large float32 matmul (the
+machine's ceiling), the input pipeline alone, the all-reduce of one step's gradients, and the
+training step of train.py on synthetic batches and on the real input pipeline. Without
+--data_dir the real pipeline reads CIFAR-format records generated into a temporary folder:
+the reader, the in-memory shard, the shuffle and the distortions are the ones training uses.
+`make bench` (launch/bench_suite.py) runs it beside its peers and writes bench/results.*.
+"""
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import hvd_cifar  # noqa: F401  (quiets TensorFlow's start-up logging before it is imported)
+from hvd_cifar import data, model as model_lib
+from hvd_cifar.config import (ArgumentParser, UserError, flag, non_negative_int, parse_into,
+                              positive_float, positive_int, run_command)
+
+import tensorflow as tf
+
+MATMUL_SIZE = 2048         # 17 GFLOP a product: long enough to time, small enough for 2 cores
+MATMUL_REPEATS = 10
+GENERATED_RECORDS = 2_000  # records of random bytes in each training file without --data_dir
+# Per-GPU rate of this network measured on one H100 (DESIGN.md: JAX/XLA, float32, batch 128).
+H100_IMAGES_PER_SEC = 242_524
+RING_HOP_LATENCY_SECONDS = 20e-6  # per ring step; an assumption typical of TCP on a data centre LAN
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    batch_size: int = flag(128, "examples a rank processes in one step", positive_int)
+    steps: int = flag(40, "timed training steps (after the warm-up)", positive_int)
+    warmup_steps: int = flag(5, "untimed steps first (graph tracing, thread pools)",
+                             positive_int)
+    framework: str = flag("horovod", "horovod: train.py's step under Horovod; keras: the same "
+                          "model with plain model.fit; multiworker: tf.distribute "
+                          "MultiWorkerMirroredStrategy (one process per worker, TF_CONFIG set)",
+                          choices=("horovod", "keras", "multiworker"))
+    data_dir: str = flag("", "CIFAR-10 folder for the real-input measurement (default: "
+                         "generated records in a temporary folder)")
+    threads_per_rank: int = flag(0, "TensorFlow threads of each CPU rank (0: the host's cores "
+                                 "split between its ranks)", non_negative_int)
+    xla: str = flag("auto", "compile the forward pass with XLA (auto: on GPUs only)",
+                    choices=("auto", "on", "off"))
+    fp16_allreduce: bool = flag(False, "compress gradients to float16 for the all-reduce")
+    json: bool = flag(False, "print one JSON object instead of a table")
+    model_scaling: bool = flag(False, "print the scaling model for GPU clusters (all-reduce "
+                               "volume, step time, efficiency at 4/16/64 GPUs) instead")
+    compute_images_per_sec: float = flag(None, "per-GPU training rate for --model_scaling "
+                                         "(default: measured by this run, one worker)",
+                                         positive_float)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantities of the network and the machine
+
+def training_flops_per_image(model):
+    """Multiply-adds x 2 of the convolutions and dense layers, x 3 for training: the forward
+    product, and in the backward pass one product for the weights' gradient and one for the
+    inputs' (LRN, pooling, ReLU and biases are memory-bound and not counted)."""
+    forward = 0
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.Conv2D):
+            _, height, width, channels = layer.output.shape
+            kernel_height, kernel_width, in_channels, _ = layer.kernel.shape
+            forward += 2 * height * width * channels * kernel_height * kernel_width * in_channels
+        elif isinstance(layer, tf.keras.layers.Dense):
+            inputs, outputs = layer.kernel.shape
+            forward += 2 * inputs * outputs
+    return 3 * forward
+
+
+def matmul_gflops(size=MATMUL_SIZE, repeats=MATMUL_REPEATS):
+    """GFLOP/s of a size x size float32 matmul with this process's threads."""
+    a = tf.random.stateless_normal([size, size], [1, 2])
+    b = tf.random.stateless_normal([size, size], [3, 4])
+    tf.linalg.matmul(a, b).numpy()  # warm-up: oneDNN picks its kernel
+    start = time.perf_counter()
+    for _ in range(repeats):
+        product = tf.linalg.matmul(a, b)
+    product.numpy()
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def images_per_sec_of(batches, count, batch_size):
+    """Rate at which an iterator of batches delivers count batches (after two untimed ones)."""
+    for _ in range(2):
+        next(batches)
+    start = time.perf_counter()
+    for _ in range(count):
+        images, _ = next(batches)
+    images.numpy()
+    return count * batch_size / (time.perf_counter() - start)
+
+
+def step_statistics(step_seconds, images_per_step, ranks):
+    """The timing fields shared by every framework, from one list of step durations."""
+    milliseconds = sorted(1000 * s for s in step_seconds)
+    images_per_sec = images_per_step * len(step_seconds) / sum(step_seconds)
+    return {"ranks": ranks,
+            "images_per_sec": round(images_per_sec, 1),
+            "images_per_sec_per_rank": round(images_per_sec / ranks, 1),
+            "step_time_ms_median": round(statistics.median(milliseconds), 2),
+            "step_time_ms_p90": round(milliseconds[math.ceil(0.9 * len(milliseconds)) - 1], 2)}
+
+
+def generated_cifar_dir(folder, seed):
+    """A cifar-10-batches-bin/ whose training files hold GENERATED_RECORDS random records each."""
+    batches_dir = os.path.join(folder, data.BATCHES_DIR)
+    os.makedirs(batches_dir)
+    generator = np.random.default_rng(seed)
+    for name in data.TRAIN_FILES:
+        images = generator.integers(0, 256, (GENERATED_RECORDS, data.ORIGINAL_SIZE,
+                                             data.ORIGINAL_SIZE, data.DEPTH), dtype=np.uint8)
+        labels = generator.integers(0, data.NUM_CLASSES, GENERATED_RECORDS, dtype=np.uint8)
+        data.write_records(os.path.join(batches_dir, name), images, labels)
+    return batches_dir
+
+
+def real_input_batches(config, batches_dir, num_shards, shard_index):
+    paths, num_records = data.split_files(batches_dir, "train")
+    return iter(data.train_dataset(paths, num_records, config.batch_size, num_shards,
+                                   shard_index, seed=shard_index))
+
+
+# ---------------------------------------------------------------------------------------------
+# hvd_cifar under Horovod
+
+def bench_horovod(config, scratch_dir):
+    import horovod.tensorflow as hvd
+    from hvd_cifar import train
+
+    # Horovod: the same start as train.py: init, then pin a GPU or a share of the cores.
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    device = train.pin_devices(hvd.local_rank(), hvd.local_size(), config.threads_per_rank)
+    tf.keras.utils.set_random_seed(rank)
+
+    def barrier(name):
+        hvd.allreduce(tf.constant(0.0), name=name)  # Horovod: every rank starts timing together
+
+    def total(value, name):
+        # Horovod: rates measured on every rank at once add up to the job's.
+        return float(hvd.allreduce(tf.constant(value, tf.float64), op=hvd.Sum, name=name))
+
+    barrier("before_matmul")
+    ceiling_gflops = total(matmul_gflops(), "ceiling_gflops")
+
+    if config.data_dir:
+        batches_dir = data.prepare(config.data_dir, download=False)
+    else:
+        batches_dir = generated_cifar_dir(scratch_dir, seed=rank)
+    barrier("before_input")
+    input_rate = total(images_per_sec_of(real_input_batches(config, batches_dir, size, rank),
+                                         2 * config.steps, config.batch_size), "input_rate")
+
+    train_config = train.TrainConfig(batch_size=config.batch_size, synthetic=True,
+                                     lr_scaling="none", threads_per_rank=config.threads_per_rank,
+                                     xla=config.xla, fp16_allreduce=config.fp16_allreduce)
+    trainer = train.Trainer(train_config, size, steps_per_epoch=1)
+    hvd.broadcast_variables(trainer.state_variables(), root_rank=0)
+
+    def timed_steps(batches):
+        for _ in range(config.warmup_steps):
+            trainer.step(batches)
+        barrier("before_steps")
+        durations = []
+        for _ in range(config.steps):
+            start = time.perf_counter()
+            loss, _ = trainer.step(batches)
+            float(loss)
+            durations.append(time.perf_counter() - start)
+        return durations
+
+    global_batch = config.batch_size * size
+    synthetic = step_statistics(timed_steps(iter(data.synthetic_dataset(config.batch_size,
+                                                                         rank))),
+                                global_batch, size)
+    real = step_statistics(timed_steps(real_input_batches(config, batches_dir, size, rank)),
+                           global_batch, size)
+
+    # Horovod: the step's all-reduce timed alone: one step's gradients, fused as in training.
+    gradients = [tf.ones_like(v) for v in trainer.model.trainable_variables]
+    compression = hvd.Compression.fp16 if config.fp16_allreduce else hvd.Compression.none
+    allreduce_ms = 0.0
+    if size > 1:  # Horovod skips the all-reduce of a one-rank job
+        for repeat in range(config.warmup_steps + config.steps):
+            if repeat == config.warmup_steps:
+                barrier("before_allreduce")
+                start = time.perf_counter()
+            reduced = hvd.grouped_allreduce(gradients, compression=compression,
+                                            name="bench_gradients")
+        reduced[0].numpy()
+        allreduce_ms = 1000 * (time.perf_counter() - start) / config.steps
+
+    flops_per_image = training_flops_per_image(trainer.model)
+    gflops = flops_per_image * synthetic["images_per_sec"] / 1e9
+    result = {
+        "framework": "hvd_cifar",
+        "controller": "MPI" if hvd.mpi_enabled() else "Gloo",
+        **synthetic,
+        "batch_size": config.batch_size,
+        "devices": hvd.allgather_object(device),
+        "real_input_images_per_sec": real["images_per_sec"],
+        "real_input_step_time_ms_median": real["step_time_ms_median"],
+        "input_images_per_sec": round(input_rate, 1),
+        "input_source": batches_dir if config.data_dir else "generated records",
+        "allreduce_ms": round(allreduce_ms, 2),
+        "allreduce_fraction": round(min(1.0, allreduce_ms / synthetic["step_time_ms_median"]),
+                                    4),
+        "flops_per_image": flops_per_image,
+        "gflops": round(gflops, 2),
+        "ceiling_gflops": round(ceiling_gflops, 2),
+        "ceiling_fraction": round(gflops / ceiling_gflops, 4),
+    }
+    return result if rank == 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Peers: plain Keras, and tf.distribute's MultiWorkerMirroredStrategy
+
+class StepTimer(tf.keras.callbacks.Callback):
+    """Durations of model.fit's batches after the first `skip`."""
+
+    def __init__(self, skip):
+        super().__init__()
+        self.skip, self.durations = skip, []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch >= self.skip:
+            self.durations.append(time.perf_counter() - self.start)
+
+
+def compiled_model():
+    model = model_lib.inference()
+    # The weight-decay terms are in model.losses, which fit() adds to the loss.
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def bench_keras(config):
+    """The same network with plain model.fit in one process, no Horovod."""
+    model = compiled_model()
+    timer = StepTimer(config.warmup_steps)
+    model.fit(data.synthetic_dataset(config.batch_size), epochs=1,
+              steps_per_epoch=config.warmup_steps + config.steps, callbacks=[timer], verbose=0)
+    return {"framework": "keras model.fit", "batch_size": config.batch_size,
+            **step_statistics(timer.durations, config.batch_size, 1)}
+
+
+def bench_multiworker(config):
+    """MultiWorkerMirroredStrategy over the workers of TF_CONFIG (one process each)."""
+    if not os.environ.get("TF_CONFIG"):
+        raise UserError("--framework multiworker needs TF_CONFIG (see launch/bench_suite.py)")
+    cluster = json.loads(os.environ["TF_CONFIG"])
+    workers = len(cluster["cluster"]["worker"])
+    # The workers share the host's cores like Horovod's ranks do.
+    threads = config.threads_per_rank or max(1, len(os.sched_getaffinity(0)) // workers)
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = compiled_model()
+    batches = strategy.distribute_datasets_from_function(
+        lambda context: data.synthetic_dataset(config.batch_size, context.input_pipeline_id))
+    timer = StepTimer(config.warmup_steps)
+    model.fit(batches, epochs=1, steps_per_epoch=config.warmup_steps + config.steps,
+              callbacks=[timer], verbose=0)
+    if cluster["task"]["index"] != 0:
+        return None
+    return {"framework": "tf.distribute MultiWorkerMirroredStrategy",
+            "batch_size": config.batch_size,
+            **step_statistics(timer.durations, config.batch_size * workers, workers)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The scaling model on paper
+
+def scaling_model(parameters, images_per_sec_per_gpu, gpus=(4, 16, 64),
+                  bandwidths_gbit=(25, 100), batch_sizes=(128, 512, 2048)):
+    """Rows of the data-parallel efficiency of a ring all-reduce, with no overlap of compute and
+    communication (the pessimistic case: Horovod overlaps what the backward pass allows).
+
+    A ring moves 2(N-1)/N x the gradient bytes through every GPU's link in 2(N-1) hops."""
+    rows = []
+    for bandwidth in bandwidths_gbit:
+        for bytes_per_value, precision in ((4, "fp32"), (2, "fp16")):
+            for batch_size in batch_sizes:
+                compute = batch_size / images_per_sec_per_gpu
+                for n in gpus:
+                    volume = parameters * bytes_per_value * 2 * (n - 1) / n
+                    communicate = (volume * 8 / (bandwidth * 1e9) +
+                                   2 * (n - 1) * RING_HOP_LATENCY_SECONDS)
+                    rows.append({"gbit_per_sec": bandwidth, "allreduce": precision,
+                                 "batch_per_gpu": batch_size, "gpus": n,
+                                 "allreduce_mb": round(volume / 1e6, 2),
+                                 "compute_ms": round(1000 * compute, 3),
+                                 "allreduce_ms": round(1000 * communicate, 3),
+                                 "efficiency": round(compute / (compute + communicate), 3)})
+    return rows
+
+
+def scaling_table(rows, images_per_sec_per_gpu):
+    lines = [f"Scaling model: {model_lib.NUM_PARAMETERS:,} parameters, "
+             f"{images_per_sec_per_gpu:,.0f} images/s per GPU, ring all-reduce without overlap "
+             f"({RING_HOP_LATENCY_SECONDS * 1e6:g} us a hop)", "",
+             "| network | all-reduce | batch/GPU | step compute ms | efficiency at "
+             + " / ".join(f"{n} GPUs" for n in sorted({r['gpus'] for r in rows})) + " |",
+             "|---|---|---|---|---|"]
+    keys = sorted({(r["gbit_per_sec"], r["allreduce"], r["batch_per_gpu"]) for r in rows},
+                  key=lambda k: (k[0], k[1] != "fp32", k[2]))
+    for bandwidth, precision, batch_size in keys:
+        group = [r for r in rows if (r["gbit_per_sec"], r["allreduce"], r["batch_per_gpu"]) ==
+                 (bandwidth, precision, batch_size)]
+        lines.append(f"| {bandwidth} Gbit/s | {precision} | {batch_size} | "
+                     f"{group[0]['compute_ms']:.3f} | "
+                     + " / ".join(f"{r['efficiency']:.0%}" for r in group) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def report(result):
+    width = max(map(len, result))
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in result.items())
+
+
+def run(config):
+    if config.model_scaling:
+        rate = config.compute_images_per_sec
+        if rate is None:
+            with tempfile.TemporaryDirectory(prefix="hvd_cifar-bench-") as scratch_dir:
+                measured = bench_horovod(config, scratch_dir)
+            if measured is None:  # not rank 0
+                return
+            rate = measured["images_per_sec_per_rank"]
+        rows = scaling_model(model_lib.NUM_PARAMETERS, rate)
+        print(json.dumps(rows) if config.json else scaling_table(rows, rate))
+        return
+    if config.framework == "keras":
+        result = bench_keras(config)
+    elif config.framework == "multiworker":
+        result = bench_multiworker(config)
+    else:
+        with tempfile.TemporaryDirectory(prefix="hvd_cifar-bench-") as scratch_dir:
+            result = bench_horovod(config, scratch_dir)
+    if result is not None:
+        print(json.dumps(result) if config.json else report(result), flush=True)
+
+
+def main(argv=None):
+    parser = ArgumentParser(prog="python -m hvd_cifar.bench",
+                            description="Time the training step (images/s, step times, input "
+                            "pipeline, all-reduce share, FLOP/s against a matmul ceiling), "
+                            "alone or under horovodrun; rank 0 prints.")
+    config = parse_into(BenchConfig, parser, argv)
+    run_command(lambda: run(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
