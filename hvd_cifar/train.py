@@ -19,7 +19,7 @@ import time
 
 import hvd_cifar  # noqa: F401  (quiets TensorFlow's start-up logging before it is imported)
 from hvd_cifar import data, model as model_lib
-from hvd_cifar.evaluate import CHECKPOINT_ERRORS, restore_checkpoint
+from hvd_cifar.evaluate import restore_checkpoint
 from hvd_cifar.config import (INITIAL_LEARNING_RATE, LEARNING_RATE_DECAY_FACTOR,
                               MOVING_AVERAGE_DECAY, NUM_EPOCHS_PER_DECAY, ArgumentParser,
                               UserError, fail, flag, non_negative_float, non_negative_int,
@@ -27,6 +27,7 @@ from hvd_cifar.config import (INITIAL_LEARNING_RATE, LEARNING_RATE_DECAY_FACTOR,
 
 import tensorflow as tf
 import horovod.tensorflow as hvd
+from horovod.common.elastic import ObjectState
 
 DEFAULT_WARMUP_EPOCHS = 5.0   # Goyal et al. 2017: linear warm-up over the first 5 epochs.
 # The largest scaled rate measured stable on this network (issue 9's table): 0.283 with warm-up
@@ -85,6 +86,11 @@ class TrainConfig:
                     choices=("auto", "on", "off"))
     summary_histograms: bool = flag(False, "also write the tutorial's activation histograms "
                                     "and sparsity at every log step")
+    elastic: bool = flag(False, "keep training while workers leave or join: run under "
+                         "horovodrun --min-np/--max-np --host-discovery-script (Gloo)")
+    commit_every_steps: int = flag(10, "with --elastic, keep the state in memory every this "
+                                   "many steps; a failing worker costs at most these steps",
+                                   positive_int)
     data_url: str = flag(data.DATA_URL, "where to download the archive from: a mirror or a "
                          "file:// path")
     data_sha256: str = flag(data.DATA_SHA256, "expected sha256 of the downloaded archive")
@@ -186,10 +192,9 @@ class Trainer:
         self.config = config
         self.model = model_lib.inference(config.use_fp16)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        self.schedule, self.lr_rule = learning_rate_schedule(config, size, steps_per_epoch)
-        self.warmup_steps = self.schedule.warmup_steps
-        optimizer = tf.keras.optimizers.SGD(learning_rate=self.schedule.peak_lr,
-                                            momentum=config.momentum)
+        self.rescale(size, steps_per_epoch)
+        # The rate is set from the schedule before every step.
+        optimizer = tf.keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum)
         # Horovod: average gradients by ring all-reduce before every update (optionally in
         # float16 on the wire, optionally after several local backward passes).
         optimizer = hvd.DistributedOptimizer(
@@ -219,8 +224,14 @@ class Trainer:
         # HorovodAllreduce fails ("No registered 'HorovodAllreduce' OpKernel for XLA_CPU_JIT").
         self.forward = tf.function(self._forward, jit_compile=jit_compile)
         self.backward_pass = tf.function(self._backward_pass)
-        self.set_learning_rate = tf.function(self._set_learning_rate)
         self.finish_step = tf.function(self._finish_step)
+
+    def rescale(self, size, steps_per_epoch):
+        """Set the learning-rate schedule for size ranks (again when an elastic job resizes)."""
+        self.schedule, self.lr_rule = learning_rate_schedule(self.config, size, steps_per_epoch)
+        self.warmup_steps = self.schedule.warmup_steps
+        # Traced anew: the schedule's numbers are constants of the compiled function.
+        self.set_learning_rate = tf.function(self._set_learning_rate)
 
     def state_variables(self):
         return (self.model.variables + list(self.optimizer.variables) +
@@ -305,20 +316,6 @@ def prepare_train_dir(train_dir, fresh):
         os.remove(probe)
     except OSError as error:
         raise UserError(f"--train_dir {train_dir} is not writable: {error.strerror}") from None
-
-
-def checkpoint_step(train_dir):
-    """The global step of train_dir's newest checkpoint (0 when there is none)."""
-    path = tf.train.latest_checkpoint(train_dir)
-    if path is None:
-        return 0
-    try:
-        return int(tf.train.load_variable(path, "global_step/.ATTRIBUTES/VARIABLE_VALUE"))
-    except CHECKPOINT_ERRORS as error:
-        text = str(error).strip()
-        reason = text.splitlines()[0] if text else type(error).__name__
-        raise UserError(f"checkpoint {path} cannot be read ({reason}); use another "
-                        "--train_dir or --fresh") from None
 
 
 def restore_latest(trainer, train_dir):
@@ -462,110 +459,186 @@ STALL_SHUTDOWN_SECONDS = "300"
 
 def train(config):
     os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", STALL_SHUTDOWN_SECONDS)
+    if config.elastic and os.environ.get("HOROVOD_ELASTIC") != "1":
+        raise UserError("--elastic needs an elastic launch: horovodrun --min-np N --max-np M "
+                        "--host-discovery-script SCRIPT (see launch/elastic.sh)")
     # Horovod: start the controller (MPI or Gloo) and learn this process's place in the job.
     hvd.init()
-    rank, size, local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
-    is_chief = rank == 0  # Horovod: rank 0 alone writes checkpoints, summaries and the log.
-    device = pin_devices(local_rank, hvd.local_size(), config.threads_per_rank)
+    device = pin_devices(hvd.local_rank(), hvd.local_size(), config.threads_per_rank)
     # Python, NumPy and TensorFlow: Keras initializers without a seed draw one from Python.
     tf.keras.utils.set_random_seed(config.seed)
+    # The schedule is set again once the data (and so the steps in an epoch) is known.
+    trainer = Trainer(config, hvd.size(), steps_per_epoch=1)
+    job = TrainingJob(config, trainer, device)
+    if not config.elastic:
+        job.run()
+        return
+    # Horovod elastic: the state lives in host memory, committed every commit_every_steps; a
+    # worker that fails rolls everyone back to the last commit, and a worker that joins
+    # receives the state from rank 0. No collective may run before hvd.elastic.run syncs the
+    # state: a joining worker would meet the others in the wrong call.
+    state = ElasticState(trainer.state_variables())
+    hvd.elastic.run(job.run)(state)
 
-    on_every_rank(lambda: prepare_train_dir(config.train_dir, config.fresh) if is_chief else None)
 
-    # Horovod: the step to resume from is rank 0's, and decides every rank's data position.
-    start_step = on_every_rank(lambda: checkpoint_step(config.train_dir) if is_chief else 0)
-    start_step = hvd.broadcast_object(start_step, root_rank=0)
+class ElasticState(ObjectState):
+    """Horovod elastic state: the trainer's variables (model, optimizer, moving averages, step)
+    copied to host memory at every commit, plus whether rank 0 has set the run up.
 
-    batches, steps_per_epoch = input_batches(config, size, rank, local_rank, start_step)
-    trainer = Trainer(config, size, steps_per_epoch)
-    restored = on_every_rank(lambda: restore_latest(trainer, config.train_dir)
-                             if is_chief else None)
-    # Horovod: every rank starts from rank 0's initial (or restored) state.
-    hvd.broadcast_variables(trainer.state_variables(), root_rank=0)
+    horovod.tensorflow.elastic.TensorFlowState does not re-broadcast its variables in eager
+    mode (0.28.1 syncs only through a session), so a joining worker would keep its own."""
 
-    controller = "MPI" if hvd.mpi_enabled() else "Gloo"
-    # Horovod: collect each rank's device so rank 0 can show the whole job in one line.
-    devices = hvd.allgather_object(device)
-    global_batch = config.batch_size * size * config.backward_passes_per_step
-    log = None
-    if is_chief:
-        log = Log(config.train_dir, config.max_steps)
-        log.line(f"hvd_cifar: {size} ranks ({hvd.local_size()} on this host), {controller} "
-                 f"controller, devices: " + ", ".join(f"{r}={d}" for r, d in enumerate(devices)))
-        log.line(f"hvd_cifar: global batch {global_batch} ({config.batch_size} x {size} ranks x "
-                 f"{config.backward_passes_per_step} passes), {steps_per_epoch} steps an epoch, "
-                 f"learning rate {trainer.schedule.peak_lr:.4g} ({trainer.lr_rule}), warm-up "
-                 f"{trainer.warmup_steps} steps")
-        log.line(f"hvd_cifar: resuming from {restored} at step {start_step}" if restored else
-                 f"hvd_cifar: starting at step 0 in {config.train_dir}")
+    def __init__(self, variables):
+        self.variables = variables
+        self.committed = [variable.numpy() for variable in variables]
+        super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank, set_up=False)
 
-    manager = (tf.train.CheckpointManager(trainer.checkpoint, config.train_dir,
-                                          max_to_keep=config.keep_checkpoints,
-                                          checkpoint_name=CHECKPOINT_PREFIX)
-               if is_chief else None)
+    def save(self):
+        self.committed = [variable.numpy() for variable in self.variables]
+        super().save()
 
-    def save_checkpoint(step):
-        if is_chief and tf.train.latest_checkpoint(config.train_dir) != os.path.join(
-                config.train_dir, f"{CHECKPOINT_PREFIX}-{step}"):
-            manager.save(checkpoint_number=step)
+    def restore(self):
+        for variable, value in zip(self.variables, self.committed):
+            variable.assign(value)
+        super().restore()
 
-    stop_request = StopRequest()
-    step = start_step
-    interval_losses, interval_accuracies = [], []
-    running_loss = None
-    interval_start = time.perf_counter()
-    while step < config.max_steps:
-        loss, accuracy = trainer.step(batches)
-        step += 1
-        interval_losses.append(loss)
-        interval_accuracies.append(accuracy)
-        if step % config.log_frequency and step % config.checkpoint_every_steps and (
-                step < config.max_steps):
-            continue
-        # Horovod: losses and accuracies are averaged over ranks, so all ranks see one number;
-        # a stop request on any rank makes the averaged signal number non-zero on all of them.
-        mean_loss, mean_accuracy, stop_signal = (float(v) for v in hvd.allreduce(
-            tf.stack([tf.reduce_mean(interval_losses), tf.reduce_mean(interval_accuracies),
-                      float(stop_request.signal_number)]),
-            op=hvd.Average, name="interval_metrics"))
-        check_loss(mean_loss, running_loss, step, trainer)
-        running_loss = mean_loss if running_loss is None else 0.9 * running_loss + 0.1 * mean_loss
-        elapsed = time.perf_counter() - interval_start
+    def sync(self):
+        hvd.broadcast_variables(self.variables, root_rank=0)
+        self.committed = [variable.numpy() for variable in self.variables]
+        super().sync()
+
+
+class TrainingJob:
+    """One training run: rank 0's train_dir set-up and restore, the input, the loop and the
+    final check. In an elastic job run() starts again after every change of workers."""
+
+    def __init__(self, config, trainer, device):
+        self.config, self.trainer, self.device = config, trainer, device
+        self.stop_request = StopRequest()
+        self.log = self.manager = None  # rank 0's, opened by whichever process is rank 0
+
+    def run(self, elastic_state=None):
+        config, trainer = self.config, self.trainer
+        rank, size = hvd.rank(), hvd.size()
+        is_chief = rank == 0  # Horovod: rank 0 alone writes checkpoints, summaries and the log.
+        restored = None
+        if elastic_state is None or not elastic_state.set_up:
+            on_every_rank(lambda: prepare_train_dir(config.train_dir, config.fresh)
+                          if is_chief else None)
+            restored = on_every_rank(lambda: restore_latest(trainer, config.train_dir)
+                                     if is_chief else None)
+            # Horovod: every rank starts from rank 0's initial (or restored) state.
+            hvd.broadcast_variables(trainer.state_variables(), root_rank=0)
+        step = int(trainer.global_step.numpy())
+        # Horovod: rank 0's step decides every rank's data position, and the rate follows the
+        # number of ranks.
+        batches, steps_per_epoch = input_batches(config, size, rank, hvd.local_rank(), step)
+        trainer.rescale(size, steps_per_epoch)
+        if elastic_state is not None:
+            elastic_state.set_up = True
+            elastic_state.commit()
+        # Horovod: collect each rank's device so rank 0 can show the whole job in one line.
+        devices = hvd.allgather_object(self.device)
+        if is_chief and self.log is None:
+            self.log = Log(config.train_dir, config.max_steps)
+            self.manager = tf.train.CheckpointManager(trainer.checkpoint, config.train_dir,
+                                                      max_to_keep=config.keep_checkpoints,
+                                                      checkpoint_name=CHECKPOINT_PREFIX)
         if is_chief:
-            log.step(step, {"loss": mean_loss, "accuracy": mean_accuracy,
-                            # the rate of the update that made this step
-                            "learning_rate": float(trainer.schedule(step - 1)),
-                            "examples_per_sec": global_batch * len(interval_losses) / elapsed,
-                            "sec_per_batch": elapsed / len(interval_losses)})
-            if config.summary_histograms:
-                write_histograms(trainer.model, trainer.last_images, log.writer, step)
-        if step % config.checkpoint_every_steps == 0:
-            save_checkpoint(step)
-        if stop_signal:
-            save_checkpoint(step)
-            # Horovod: nobody exits before rank 0's checkpoint is complete, since the launcher
-            # kills the remaining ranks as soon as one has exited.
-            hvd.allreduce(tf.constant(0.0), name="checkpoint_written")
-            if is_chief:
-                signal_name = signal.Signals(stop_request.signal_number or
-                                             signal.SIGTERM).name
-                log.line(f"hvd_cifar: stopped by {signal_name} at step {step}; checkpoint "
-                         f"written, run the same command again to resume")
-                log.close()
-            raise Stopped(stop_request.signal_number or signal.SIGTERM)
-        interval_losses, interval_accuracies = [], []
-        interval_start = time.perf_counter()
+            controller = "MPI" if hvd.mpi_enabled() else "Gloo"
+            elastic = " (elastic)" if elastic_state is not None else ""
+            self.log.line(f"hvd_cifar: {size} ranks ({hvd.local_size()} on this host), "
+                          f"{controller} controller{elastic}, devices: "
+                          + ", ".join(f"{r}={d}" for r, d in enumerate(devices)))
+            self.log.line(f"hvd_cifar: global batch {self.global_batch(size)} "
+                          f"({config.batch_size} x {size} ranks x "
+                          f"{config.backward_passes_per_step} passes), {steps_per_epoch} steps "
+                          f"an epoch, learning rate {trainer.schedule.peak_lr:.4g} "
+                          f"({trainer.lr_rule}), warm-up {trainer.warmup_steps} steps")
+            if restored:
+                self.log.line(f"hvd_cifar: resuming from {restored} at step {step}")
+            else:
+                self.log.line(f"hvd_cifar: {'continuing' if step else 'starting'} at step "
+                              f"{step} in {config.train_dir}")
+        step = self.loop(step, batches, elastic_state)
+        self.finish(step)
 
-    save_checkpoint(step)
-    # Horovod: a last check that synchronous SGD kept every rank's weights identical.
-    digests = hvd.allgather_object(weights_digest(trainer.model.trainable_variables))
-    if is_chief:
-        log.line(f"hvd_cifar: finished at step {step}; weights sha256 by rank: " +
-                 " ".join(f"{r}={d}" for r, d in enumerate(digests)))
-        if len(set(digests)) > 1:
-            raise UserError("the ranks' weights differ after training: gradients were not "
-                            "averaged identically")
-        log.close()
+    def global_batch(self, size):
+        return self.config.batch_size * size * self.config.backward_passes_per_step
+
+    def save_checkpoint(self, step):
+        if hvd.rank() == 0 and tf.train.latest_checkpoint(self.config.train_dir) != os.path.join(
+                self.config.train_dir, f"{CHECKPOINT_PREFIX}-{step}"):
+            self.manager.save(checkpoint_number=step)
+
+    def loop(self, step, batches, elastic_state):
+        """Train from step to max_steps; the step reached."""
+        config, trainer, log = self.config, self.trainer, self.log
+        is_chief = hvd.rank() == 0
+        global_batch = self.global_batch(hvd.size())
+        interval_losses, interval_accuracies = [], []
+        running_loss = None
+        interval_start = time.perf_counter()
+        while step < config.max_steps:
+            loss, accuracy = trainer.step(batches)
+            step += 1
+            interval_losses.append(loss)
+            interval_accuracies.append(accuracy)
+            if elastic_state is not None and step % config.commit_every_steps == 0:
+                # Horovod elastic: keep this step in memory; raises when workers changed.
+                elastic_state.commit()
+            if step % config.log_frequency and step % config.checkpoint_every_steps and (
+                    step < config.max_steps):
+                continue
+            # Horovod: losses and accuracies are averaged over ranks, so all ranks see one
+            # number; a stop request on any rank makes the averaged signal non-zero on all.
+            mean_loss, mean_accuracy, stop_signal = (float(v) for v in hvd.allreduce(
+                tf.stack([tf.reduce_mean(interval_losses), tf.reduce_mean(interval_accuracies),
+                          float(self.stop_request.signal_number)]),
+                op=hvd.Average, name="interval_metrics"))
+            check_loss(mean_loss, running_loss, step, trainer)
+            running_loss = (mean_loss if running_loss is None
+                            else 0.9 * running_loss + 0.1 * mean_loss)
+            elapsed = time.perf_counter() - interval_start
+            if is_chief:
+                log.step(step, {"loss": mean_loss, "accuracy": mean_accuracy,
+                                # the rate of the update that made this step
+                                "learning_rate": float(trainer.schedule(step - 1)),
+                                "examples_per_sec": global_batch * len(interval_losses) / elapsed,
+                                "sec_per_batch": elapsed / len(interval_losses)})
+                if config.summary_histograms:
+                    write_histograms(trainer.model, trainer.last_images, log.writer, step)
+            if step % config.checkpoint_every_steps == 0:
+                self.save_checkpoint(step)
+            if stop_signal:
+                self.stop(step)
+            interval_losses, interval_accuracies = [], []
+            interval_start = time.perf_counter()
+        return step
+
+    def stop(self, step):
+        signal_number = self.stop_request.signal_number or signal.SIGTERM
+        self.save_checkpoint(step)
+        # Horovod: nobody exits before rank 0's checkpoint is complete, since the launcher
+        # kills the remaining ranks as soon as one has exited.
+        hvd.allreduce(tf.constant(0.0), name="checkpoint_written")
+        if hvd.rank() == 0:
+            self.log.line(f"hvd_cifar: stopped by {signal.Signals(signal_number).name} at step "
+                          f"{step}; checkpoint written, run the same command again to resume")
+            self.log.close()
+        raise Stopped(signal_number)
+
+    def finish(self, step):
+        self.save_checkpoint(step)
+        # Horovod: a last check that synchronous SGD kept every rank's weights identical.
+        digests = hvd.allgather_object(weights_digest(self.trainer.model.trainable_variables))
+        if hvd.rank() == 0:
+            self.log.line(f"hvd_cifar: finished at step {step}; weights sha256 by rank: " +
+                          " ".join(f"{r}={d}" for r, d in enumerate(digests)))
+            if len(set(digests)) > 1:
+                raise UserError("the ranks' weights differ after training: gradients were not "
+                                "averaged identically")
+            self.log.close()
 
 
 def main(argv=None):

@@ -1,8 +1,11 @@
 """Shared test helpers: CIFAR-format fixtures on disk and real subprocess launches."""
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -91,3 +94,49 @@ def weights_digests(output):
     assert match, output
     # Open MPI may glue its next `[1,0]<stdout>:` tag onto the line: read the pairs exactly.
     return dict(re.findall(r"(\d+)=([0-9a-f]{16})\b", match.group(1)))
+
+
+@contextlib.contextmanager
+def launched(command, env=None):
+    """A job in its own process group, which is killed whole however the test ends."""
+    job = subprocess.Popen(command, env={**ENV, **(env or {})}, cwd=REPO_ROOT,
+                           start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield job
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+
+
+def wait_for_step(train_dir, step):
+    deadline = time.monotonic() + 300
+    while (not logged_steps(train_dir) or logged_steps(train_dir)[-1] < step) and \
+            time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert logged_steps(train_dir) and logged_steps(train_dir)[-1] >= step
+
+
+def logged_steps(train_dir):
+    log = train_dir / "train.log"
+    return [int(s) for s in re.findall(r"step (\d+), loss", log.read_text())] if log.exists() else []
+
+
+def trainer_pids(train_dir, environment_entry):
+    """PIDs of the python trainer processes training into train_dir whose environment holds
+    environment_entry, e.g. HOROVOD_RANK=1 (set per process by horovodrun --gloo)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environment = f.read().split(b"\0")
+        except OSError:
+            continue
+        arguments = command.split(b"\0")
+        if (arguments[0].endswith(b"python") and str(train_dir).encode() in arguments
+                and environment_entry.encode() in environment):
+            pids.append(int(pid))
+    return pids

@@ -1,5 +1,4 @@
 """Interrupted runs and broken checkpoints: stop cleanly, lose nothing, say what is wrong."""
-import contextlib
 import os
 import re
 import signal
@@ -8,7 +7,8 @@ import time
 
 import pytest
 
-from helpers import (BIN, ENV, REPO_ROOT, assert_one_line_error, python_module, weights_digests)
+from helpers import (BIN, ENV, REPO_ROOT, assert_one_line_error, launched, logged_steps,
+                     python_module, trainer_pids, wait_for_step, weights_digests)
 
 TRAIN_FLAGS = ["--batch_size", "16", "--no_download", "--seed", "3", "--log_frequency", "5"]
 
@@ -18,32 +18,6 @@ def train_command(data_dir, train_dir, max_steps, ranks=2):
     return [os.path.join(BIN, "horovodrun"), "-np", str(ranks), "--gloo",
             os.path.join(BIN, "python"), "-m", "hvd_cifar.train", "--data_dir", str(data_dir),
             "--train_dir", str(train_dir), "--max_steps", str(max_steps), *TRAIN_FLAGS]
-
-
-@contextlib.contextmanager
-def launched(command):
-    """A job in its own process group, which is killed whole however the test ends."""
-    job = subprocess.Popen(command, env=ENV, cwd=REPO_ROOT, start_new_session=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        yield job
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
-
-
-def wait_for_step(train_dir, step):
-    deadline = time.monotonic() + 300
-    while (not logged_steps(train_dir) or logged_steps(train_dir)[-1] < step) and \
-            time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert logged_steps(train_dir) and logged_steps(train_dir)[-1] >= step
-
-
-def logged_steps(train_dir):
-    log = train_dir / "train.log"
-    return [int(s) for s in re.findall(r"step (\d+), loss", log.read_text())] if log.exists() else []
 
 
 @pytest.mark.distributed
@@ -104,25 +78,6 @@ def test_a_checkpoint_of_a_different_model_is_refused(tiny_data, tmp_path):
     assert_one_line_error(predict, "does not fit this model", status=1)
 
 
-def rank_pids(rank, train_dir):
-    """PIDs of the python trainer processes of rank (Gloo sets HOROVOD_RANK per process)
-    training into train_dir."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                command = f.read()
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environment = f.read().split(b"\0")
-        except OSError:
-            continue
-        arguments = command.split(b"\0")
-        if (arguments[0].endswith(b"python") and str(train_dir).encode() in arguments
-                and f"HOROVOD_RANK={rank}".encode() in environment):
-            pids.append(int(pid))
-    return pids
-
-
 @pytest.mark.distributed
 def test_a_killed_rank_ends_the_job_and_the_rerun_loses_at_most_one_checkpoint_interval(
         tiny_data, tmp_path):
@@ -130,13 +85,13 @@ def test_a_killed_rank_ends_the_job_and_the_rerun_loses_at_most_one_checkpoint_i
     command = train_command(tiny_data, train_dir, 100_000) + ["--checkpoint_every_steps", "10"]
     with launched(command) as job:
         wait_for_step(train_dir, 25)
-        [victim] = rank_pids(1, train_dir)
+        [victim] = trainer_pids(train_dir, "HOROVOD_RANK=1")
         os.kill(victim, signal.SIGKILL)
         killed_at = logged_steps(train_dir)[-1]
         # No hang: the launcher sees the dead rank and ends the job (communicate would time out).
         job.communicate(timeout=180)
     assert job.returncode != 0
-    assert rank_pids(0, train_dir) == []  # rank 0 did not linger
+    assert trainer_pids(train_dir, "HOROVOD_RANK=0") == []  # rank 0 did not linger
 
     resumed = subprocess.run(train_command(tiny_data, train_dir, killed_at + 10), env=ENV,
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)

@@ -1,0 +1,103 @@
+"""Elastic training with real horovodrun --min-np/--max-np --host-discovery-script (Gloo).
+
+Two "hosts" on this machine: localhost and 127.0.0.1 are different host names to Horovod, and
+both are started locally. The hosts file the discovery script reads is edited mid-run."""
+import os
+import re
+import signal
+
+import pytest
+
+from helpers import (REPO_ROOT, assert_one_line_error, launched, logged_steps, python_module,
+                     trainer_pids, wait_for_step, weights_digests)
+
+pytestmark = pytest.mark.distributed
+COMMIT_EVERY = 5
+MAX_STEPS = 400
+ELASTIC_TIMEOUT_SECONDS = 400
+
+
+def elastic_command(hosts_file, data_dir, train_dir, max_steps=MAX_STEPS):
+    return ["bash", os.path.join(REPO_ROOT, "launch", "elastic.sh"), str(hosts_file), "1", "2",
+            "--data_dir", str(data_dir), "--train_dir", str(train_dir), "--no_download",
+            "--max_steps", str(max_steps), "--batch_size", "16", "--log_frequency", "5",
+            "--commit_every_steps", str(COMMIT_EVERY), "--threads_per_rank", "1"]
+
+
+def write_hosts(path, *hosts):
+    path.write_text("".join(f"{host}:1\n" for host in hosts))
+
+
+def rank_counts(output):
+    """The sizes the job ran at, in order (rank 0 prints one line per (re)start)."""
+    return [int(n) for n in re.findall(r"hvd_cifar: (\d+) ranks \(", output)]
+
+
+def launched_elastic(hosts, data_dir, train_dir):
+    # lo: every "host" is this machine (without an interface Horovod waits for two hosts).
+    return launched(elastic_command(hosts, data_dir, train_dir), env={"NETWORK_INTERFACE": "lo"})
+
+
+def finish(job):
+    output, _ = job.communicate(timeout=ELASTIC_TIMEOUT_SECONDS)
+    assert job.returncode == 0, output[-4000:]
+    assert f"finished at step {MAX_STEPS}" in output, output[-4000:]
+    return output
+
+
+def test_a_host_removed_from_discovery_leaves_and_training_goes_on_at_the_lower_rate(
+        tiny_data, tmp_path):
+    hosts, train_dir = tmp_path / "hosts", tmp_path / "run"
+    write_hosts(hosts, "localhost", "127.0.0.1")
+    with launched_elastic(hosts, tiny_data, train_dir) as job:
+        wait_for_step(train_dir, 20)
+        write_hosts(hosts, "localhost")
+        output = finish(job)
+    assert rank_counts(output)[:1] == [2] and rank_counts(output)[-1] == 1, output[-4000:]
+    # The rate follows the workers: 0.1 x 2 with 2, then 0.1 alone.
+    assert "learning rate 0.2 (linear scaling: 0.1 x 2)" in output
+    assert "learning rate 0.1 (linear scaling: 0.1 x 1)" in output
+    continued = [int(s) for s in re.findall(r"continuing at step (\d+)", output)]
+    assert continued and continued[-1] >= 20 and continued[-1] % COMMIT_EVERY == 0
+    assert (train_dir / f"ckpt-{MAX_STEPS}.index").exists()
+
+
+def test_a_killed_worker_is_dropped_and_no_step_is_lost_beyond_the_last_commit(
+        tiny_data, tmp_path):
+    hosts, train_dir = tmp_path / "hosts", tmp_path / "run"
+    write_hosts(hosts, "localhost", "127.0.0.1")
+    with launched_elastic(hosts, tiny_data, train_dir) as job:
+        wait_for_step(train_dir, 20)
+        [victim] = trainer_pids(train_dir, "HOROVOD_HOSTNAME=127.0.0.1")
+        os.kill(victim, signal.SIGKILL)
+        # Every logged step is a commit (log every 5, commit every 5), so the rollback goes
+        # no further back than the last step logged before the kill.
+        logged_before_kill = logged_steps(train_dir)[-1]
+        output = finish(job)
+    assert rank_counts(output)[-1] == 1, output[-4000:]
+    continued = [int(s) for s in re.findall(r"continuing at step (\d+)", output)]
+    assert continued and continued[-1] >= logged_before_kill, output[-4000:]
+    assert list(weights_digests(output)) == ["0"]
+
+
+def test_an_added_host_joins_with_the_current_state(tiny_data, tmp_path):
+    hosts, train_dir = tmp_path / "hosts", tmp_path / "run"
+    write_hosts(hosts, "localhost")
+    with launched_elastic(hosts, tiny_data, train_dir) as job:
+        wait_for_step(train_dir, 20)
+        write_hosts(hosts, "localhost", "127.0.0.1")
+        output = finish(job)
+    assert rank_counts(output)[0] == 1 and rank_counts(output)[-1] == 2, output[-4000:]
+    joined_at = int(re.findall(r"continuing at step (\d+)", output)[-1])
+    assert joined_at >= 20
+    # The newcomer received rank 0's weights: both end identical (a joiner that kept its own
+    # fresh weights would differ).
+    digests = weights_digests(output)
+    assert len(digests) == 2 and len(set(digests.values())) == 1
+
+
+def test_elastic_outside_an_elastic_launch_is_one_line_error(tiny_data, tmp_path):
+    result = python_module("hvd_cifar.train", "--elastic", "--data_dir", tiny_data,
+                           "--train_dir", tmp_path / "run", "--max_steps", 5)
+    assert_one_line_error(result, "--elastic needs an elastic launch", status=1)
+    assert not (tmp_path / "run").exists()
