@@ -3,9 +3,9 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 import pytest
+import tensorflow as tf
 
 from helpers import (BIN, ENV, REPO_ROOT, assert_one_line_error, launched, logged_steps,
                      python_module, trainer_pids, wait_for_step, weights_digests)
@@ -14,8 +14,8 @@ TRAIN_FLAGS = ["--batch_size", "16", "--no_download", "--seed", "3", "--log_freq
 
 
 
-def train_command(data_dir, train_dir, max_steps, ranks=2):
-    return [os.path.join(BIN, "horovodrun"), "-np", str(ranks), "--gloo",
+def train_command(data_dir, train_dir, max_steps, ranks=2, controller="gloo"):
+    return [os.path.join(BIN, "horovodrun"), "-np", str(ranks), f"--{controller}",
             os.path.join(BIN, "python"), "-m", "hvd_cifar.train", "--data_dir", str(data_dir),
             "--train_dir", str(train_dir), "--max_steps", str(max_steps), *TRAIN_FLAGS]
 
@@ -63,7 +63,6 @@ def test_a_corrupt_checkpoint_is_named_and_kept(tiny_data, tmp_path):
 
 
 def test_a_checkpoint_of_a_different_model_is_refused(tiny_data, tmp_path):
-    import tensorflow as tf
     train_dir = tmp_path / "other"
     train_dir.mkdir()
     other = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)])
@@ -78,20 +77,26 @@ def test_a_checkpoint_of_a_different_model_is_refused(tiny_data, tmp_path):
     assert_one_line_error(predict, "does not fit this model", status=1)
 
 
+# The variable each launcher sets to a process's rank.
+RANK_VARIABLE = {"gloo": "HOROVOD_RANK", "mpi": "OMPI_COMM_WORLD_RANK"}
+
+
 @pytest.mark.distributed
+@pytest.mark.parametrize("controller", ["gloo", "mpi"])
 def test_a_killed_rank_ends_the_job_and_the_rerun_loses_at_most_one_checkpoint_interval(
-        tiny_data, tmp_path):
+        tiny_data, tmp_path, controller):
     train_dir = tmp_path / "run"
-    command = train_command(tiny_data, train_dir, 100_000) + ["--checkpoint_every_steps", "10"]
+    command = train_command(tiny_data, train_dir, 100_000, controller=controller) + [
+        "--checkpoint_every_steps", "10"]
     with launched(command) as job:
         wait_for_step(train_dir, 25)
-        [victim] = trainer_pids(train_dir, "HOROVOD_RANK=1")
+        [victim] = trainer_pids(train_dir, f"{RANK_VARIABLE[controller]}=1")
         os.kill(victim, signal.SIGKILL)
         killed_at = logged_steps(train_dir)[-1]
         # No hang: the launcher sees the dead rank and ends the job (communicate would time out).
         job.communicate(timeout=180)
     assert job.returncode != 0
-    assert trainer_pids(train_dir, "HOROVOD_RANK=0") == []  # rank 0 did not linger
+    assert trainer_pids(train_dir, f"{RANK_VARIABLE[controller]}=0") == []  # no rank lingers
 
     resumed = subprocess.run(train_command(tiny_data, train_dir, killed_at + 10), env=ENV,
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
@@ -99,3 +104,44 @@ def test_a_killed_rank_ends_the_job_and_the_rerun_loses_at_most_one_checkpoint_i
     resumed_from = int(re.search(r"resuming from .*ckpt-(\d+) at step", resumed.stdout).group(1))
     assert killed_at - resumed_from <= 10
     assert f"finished at step {killed_at + 10}" in resumed.stdout
+
+
+def saving_step(train_dir):
+    """The step of a checkpoint being written now (TensorFlow's ckpt-N_temp folder), or None."""
+    try:
+        names = os.listdir(train_dir)
+    except FileNotFoundError:
+        return None
+    temp = [int(m.group(1)) for m in map(re.compile(r"ckpt-(\d+)_temp$").match, names) if m]
+    return temp[0] if temp else None
+
+
+@pytest.mark.distributed
+def test_rank_0_killed_mid_save_leaves_the_previous_checkpoint_loadable(tiny_data, tmp_path):
+    train_dir = tmp_path / "run"
+    command = train_command(tiny_data, train_dir, 100_000) + ["--checkpoint_every_steps", "2"]
+    with launched(command) as job:
+        wait_for_step(train_dir, 10)
+        [rank_0] = trainer_pids(train_dir, "HOROVOD_RANK=0")
+        interrupted = None
+        while interrupted is None and job.poll() is None:
+            if saving_step(train_dir) is None:
+                continue  # poll as fast as we can: a save lasts milliseconds
+            # Freeze rank 0, then make sure the save is still unfinished before killing it.
+            os.kill(rank_0, signal.SIGSTOP)
+            interrupted = saving_step(train_dir)
+            if interrupted is None:
+                os.kill(rank_0, signal.SIGCONT)
+        os.kill(rank_0, signal.SIGKILL)
+        job.communicate(timeout=180)
+    assert interrupted is not None and job.returncode != 0
+    # The kill landed inside the save of step `interrupted`; TensorFlow's checkpoint file
+    # still names the one before, which is complete.
+    latest = tf.train.latest_checkpoint(str(train_dir))
+    assert latest == str(train_dir / f"ckpt-{interrupted - 2}")
+
+    resumed = subprocess.run(train_command(tiny_data, train_dir, interrupted + 4), env=ENV,
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {latest} at step {interrupted - 2}" in resumed.stdout
+    assert f"finished at step {interrupted + 4}" in resumed.stdout
