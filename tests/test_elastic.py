@@ -2,6 +2,7 @@
 
 Two "hosts" on this machine: localhost and 127.0.0.1 are different host names to Horovod, and
 both are started locally. The hosts file the discovery script reads is edited mid-run."""
+import contextlib
 import os
 import re
 import signal
@@ -17,10 +18,10 @@ MAX_STEPS = 400
 ELASTIC_TIMEOUT_SECONDS = 400
 
 
-def elastic_command(hosts_file, data_dir, train_dir, max_steps=MAX_STEPS):
+def elastic_command(hosts_file, data_dir, train_dir):
     return ["bash", os.path.join(REPO_ROOT, "launch", "elastic.sh"), str(hosts_file), "1", "2",
             "--data_dir", str(data_dir), "--train_dir", str(train_dir), "--no_download",
-            "--max_steps", str(max_steps), "--batch_size", "16", "--log_frequency", "5",
+            "--max_steps", str(MAX_STEPS), "--batch_size", "16", "--log_frequency", "5",
             "--commit_every_steps", str(COMMIT_EVERY), "--threads_per_rank", "1"]
 
 
@@ -33,9 +34,16 @@ def rank_counts(output):
     return [int(n) for n in re.findall(r"hvd_cifar: (\d+) ranks \(", output)]
 
 
-def launched_elastic(hosts, data_dir, train_dir):
+@contextlib.contextmanager
+def elastic_job_at_step_20(data_dir, tmp_path, *hosts):
+    """(job, hosts file, train_dir) of an elastic job on hosts, once it has logged step 20."""
+    hosts_file, train_dir = tmp_path / "hosts", tmp_path / "run"
+    write_hosts(hosts_file, *hosts)
     # lo: every "host" is this machine (without an interface Horovod waits for two hosts).
-    return launched(elastic_command(hosts, data_dir, train_dir), env={"NETWORK_INTERFACE": "lo"})
+    with launched(elastic_command(hosts_file, data_dir, train_dir),
+                  env={"NETWORK_INTERFACE": "lo"}) as job:
+        wait_for_step(train_dir, 20)
+        yield job, hosts_file, train_dir
 
 
 def finish(job):
@@ -47,10 +55,8 @@ def finish(job):
 
 def test_a_host_removed_from_discovery_leaves_and_training_goes_on_at_the_lower_rate(
         tiny_data, tmp_path):
-    hosts, train_dir = tmp_path / "hosts", tmp_path / "run"
-    write_hosts(hosts, "localhost", "127.0.0.1")
-    with launched_elastic(hosts, tiny_data, train_dir) as job:
-        wait_for_step(train_dir, 20)
+    with elastic_job_at_step_20(tiny_data, tmp_path, "localhost", "127.0.0.1") as (
+            job, hosts, train_dir):
         write_hosts(hosts, "localhost")
         output = finish(job)
     assert rank_counts(output)[:1] == [2] and rank_counts(output)[-1] == 1, output[-4000:]
@@ -64,10 +70,8 @@ def test_a_host_removed_from_discovery_leaves_and_training_goes_on_at_the_lower_
 
 def test_a_killed_worker_is_dropped_and_no_step_is_lost_beyond_the_last_commit(
         tiny_data, tmp_path):
-    hosts, train_dir = tmp_path / "hosts", tmp_path / "run"
-    write_hosts(hosts, "localhost", "127.0.0.1")
-    with launched_elastic(hosts, tiny_data, train_dir) as job:
-        wait_for_step(train_dir, 20)
+    with elastic_job_at_step_20(tiny_data, tmp_path, "localhost", "127.0.0.1") as (
+            job, _, train_dir):
         [victim] = trainer_pids(train_dir, "HOROVOD_HOSTNAME=127.0.0.1")
         os.kill(victim, signal.SIGKILL)
         # Every logged step is a commit (log every 5, commit every 5), so the rollback goes
@@ -81,10 +85,7 @@ def test_a_killed_worker_is_dropped_and_no_step_is_lost_beyond_the_last_commit(
 
 
 def test_an_added_host_joins_with_the_current_state(tiny_data, tmp_path):
-    hosts, train_dir = tmp_path / "hosts", tmp_path / "run"
-    write_hosts(hosts, "localhost")
-    with launched_elastic(hosts, tiny_data, train_dir) as job:
-        wait_for_step(train_dir, 20)
+    with elastic_job_at_step_20(tiny_data, tmp_path, "localhost") as (job, hosts, _):
         write_hosts(hosts, "localhost", "127.0.0.1")
         output = finish(job)
     assert rank_counts(output)[0] == 1 and rank_counts(output)[-1] == 2, output[-4000:]
