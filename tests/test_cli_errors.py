@@ -36,10 +36,16 @@ def test_help_documents_every_flag_with_its_default():
         assert text in result.stdout, text
 
 
-def test_missing_data_with_downloads_off_names_the_folder(tmp_path):
-    result = python_module("hvd_cifar.train", "--data_dir", tmp_path / "none", "--train_dir",
+@pytest.mark.parametrize("empty", [False, True])
+def test_missing_data_with_downloads_off_names_the_folder(tmp_path, empty):
+    data_dir = tmp_path / "data"
+    if empty:
+        data_dir.mkdir()
+    result = python_module("hvd_cifar.train", "--data_dir", data_dir, "--train_dir",
                            tmp_path / "run", "--no_download")
-    assert_one_line_error(result, f"{tmp_path}/none/cifar-10-batches-bin not found", status=1)
+    assert_one_line_error(result, f"{data_dir}/cifar-10-batches-bin not found", status=1)
+    # nothing is left behind: no folder made, no half-extracted files
+    assert (list(data_dir.iterdir()) == []) if empty else not data_dir.exists()
 
 
 def test_an_unreachable_download_says_how_to_provide_the_data(tmp_path):
