@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from helpers import (REPO_ROOT, assert_one_line_error, launched, logged_steps, python_module,
-                     trainer_pids, wait_for_step, weights_digests)
+                     run, trainer_pids, wait_for_step, weights_digests)
 
 pytestmark = pytest.mark.distributed
 COMMIT_EVERY = 5
@@ -102,3 +102,15 @@ def test_elastic_outside_an_elastic_launch_is_one_line_error(tiny_data, tmp_path
                            "--train_dir", tmp_path / "run", "--max_steps", 5)
     assert_one_line_error(result, "--elastic needs an elastic launch", status=1)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("min_np, max_np, fragment", [
+    ("x", "2", "MIN_NP and MAX_NP must be positive integers, got 'x'"),
+    ("3", "4", "lists 1 slots, fewer than MIN_NP 3"),
+])
+def test_elastic_launcher_refuses_bad_sizes(tmp_path, min_np, max_np, fragment):
+    hosts = tmp_path / "hosts"
+    write_hosts(hosts, "localhost")
+    result = run(["bash", os.path.join(REPO_ROOT, "launch", "elastic.sh"), str(hosts), min_np,
+                  max_np, "--max_steps", "5"])
+    assert_one_line_error(result, fragment, status=2)
