@@ -143,6 +143,7 @@ def bench_horovod(config, scratch_dir):
     from hvd_cifar import train
 
     # Horovod: the same start as train.py: init, then pin a GPU or a share of the cores.
+    train.set_launch_defaults()
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
     device = train.pin_devices(hvd.local_rank(), hvd.local_size(), config.threads_per_rank)

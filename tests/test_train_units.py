@@ -50,6 +50,27 @@ def test_more_ranks_than_gpus_is_a_clear_error(fake_gpus):
         train.pin_devices(5, 6)
 
 
+YIELD = "OMPI_MCA_mpi_yield_when_idle"
+
+
+def test_cpu_ranks_make_open_mpi_yield_unless_told_otherwise(monkeypatch):
+    for name in (YIELD, "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    train.set_launch_defaults()
+    assert os.environ[YIELD] == "1"
+    monkeypatch.setenv(YIELD, "0")  # the user's choice wins
+    train.set_launch_defaults()
+    assert os.environ[YIELD] == "0"
+
+
+def test_gpu_ranks_keep_open_mpi_polling(fake_gpus, monkeypatch):
+    for name in (YIELD, "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    train.set_launch_defaults()
+    assert YIELD not in os.environ
+    assert os.environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == train.STALL_SHUTDOWN_SECONDS
+
+
 @pytest.mark.parametrize("local_size, cores, threads", [(1, 2, 2), (2, 2, 1), (4, 16, 4),
                                                          (3, 2, 1)])
 def test_cpu_ranks_on_one_host_split_its_cores(local_size, cores, threads):
