@@ -4,7 +4,8 @@
 
 Each TRAIN_DIR holds the eval_curve.json of `python -m hvd_cifar.evaluate --all_checkpoints`.
 Curves are drawn against images seen (steps x global batch), so runs of different global
-batches compare at the same amount of data. Writes OUT_PREFIX.png and OUT_PREFIX.md.
+batches compare at the same amount of data. Writes OUT_PREFIX.png and OUT_PREFIX.md (a table
+of precision @ 1 by images seen, each run beside the first, in points of difference).
 """
 import json
 import os
@@ -33,14 +34,22 @@ def main(out_prefix, runs):
     axes.legend()
     figure.tight_layout()
     figure.savefig(f"{out_prefix}.png", dpi=100)
-    lines = ["| run | step | images seen | precision @ 1 | training wall time |",
-             "|---|---|---|---|---|"]
-    for label, (global_batch, curve) in curves.items():
-        for c in curve:
-            wall = c.get("wall_seconds")
-            lines.append(f"| {label} | {c['global_step']:,} | {c['global_step'] * global_batch:,} "
-                         f"| {c['precision_at_1']:.4f} | "
-                         f"{'' if wall is None else f'{wall / 60:.1f} min'} |")
+    # One row per number of images seen; each run's precision there, and how far it is from
+    # the first run's (the reference) at the same images.
+    by_images = {label: {c["global_step"] * global_batch: c["precision_at_1"] for c in curve}
+                 for label, (global_batch, curve) in curves.items()}
+    reference, *others = curves
+    lines = ["| images seen | " + " | ".join([reference] + [f"{label} (vs {reference})"
+                                                            for label in others]) + " |",
+             "|---" * (len(curves) + 1) + "|"]
+    for images in sorted(set().union(*by_images.values())):
+        base = by_images[reference].get(images)
+        cells = [f"{base:.4f}" if base is not None else ""]
+        for label in others:
+            value = by_images[label].get(images)
+            cells.append("" if value is None else f"{value:.4f}" if base is None else
+                         f"{value:.4f} ({100 * (value - base):+.1f} pts)")
+        lines.append(f"| {images:,} | " + " | ".join(cells) + " |")
     with open(f"{out_prefix}.md", "w") as f:
         f.write("\n".join(lines) + "\n")
 
