@@ -14,7 +14,7 @@ TRAIN_DIR  ?= runs/train
 # on this JPEG copy of CIFAR-10 instead of downloading the official archive; it says so.
 JPEG_DATA  ?= ../shared/data/cifar10-jpeg.tar.gz
 PYTEST_ARGS ?=
-BENCH_STEPS ?= 60
+BENCH_STEPS ?= 100
 
 # Open MPI refuses to run as root unless both are set (containers and CI run as root).
 export OMPI_ALLOW_RUN_AS_ROOT := 1
@@ -39,7 +39,7 @@ data: install
 	fi
 
 train: data
-	$(HOROVODRUN) -np $(NP) --gloo $(PYTHON) -m hvd_cifar.train --data_dir $(DATA_DIR) \
+	$(HOROVODRUN) -np $(NP) --mpi $(PYTHON) -m hvd_cifar.train --data_dir $(DATA_DIR) \
 	  --train_dir $(TRAIN_DIR) --max_steps $(STEPS) --log_frequency 20
 	$(PYTHON) -m hvd_cifar.evaluate --data_dir $(DATA_DIR) --checkpoint_dir $(TRAIN_DIR) --run_once
 

@@ -48,8 +48,8 @@ class BenchConfig:
                           "model with plain model.fit; multiworker: tf.distribute "
                           "MultiWorkerMirroredStrategy (one process per worker, TF_CONFIG set)",
                           choices=("horovod", "keras", "multiworker"))
-    data_dir: str = flag("", "CIFAR-10 folder for the real-input measurement (default: "
-                         "generated records in a temporary folder)")
+    data_dir: str = flag(None, "CIFAR-10 folder for the real-input measurement (default: "
+                         "generated records in a temporary folder)", str)
     threads_per_rank: int = flag(0, "TensorFlow threads of each CPU rank (0: the host's cores "
                                  "split between its ranks)", non_negative_int)
     xla: str = flag("auto", "compile the forward pass with XLA (auto: on GPUs only)",
@@ -233,18 +233,18 @@ def bench_horovod(config, scratch_dir):
 # Peers: plain Keras, and tf.distribute's MultiWorkerMirroredStrategy
 
 class StepTimer(tf.keras.callbacks.Callback):
-    """Durations of model.fit's batches after the first `skip`."""
+    """Durations of model.fit's batches after the first `skip`, end to end: from one batch's
+    end to the next, so fit's own loop, input and callbacks are counted as in our step."""
 
     def __init__(self, skip):
         super().__init__()
-        self.skip, self.durations = skip, []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
+        self.skip, self.durations, self.last_end = skip, [], None
 
     def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
         if batch >= self.skip:
-            self.durations.append(time.perf_counter() - self.start)
+            self.durations.append(now - self.last_end)
+        self.last_end = now
 
 
 def compiled_model():

@@ -27,10 +27,10 @@ JSON_START = '{"framework"'
 # The targets on a 2-core CPU machine: (ratio name, minimum, what it compares).
 TARGETS = (
     ("np1_over_keras", 0.97, "hvd_cifar np=1 / plain Keras model.fit"),
-    ("np2_gloo_over_np1", 0.95, "hvd_cifar np=2 Gloo (total) / np=1"),
+    ("np2_mpi_over_np1", 0.95, "hvd_cifar np=2 MPI, the default (total) / np=1"),
     ("input_over_training", 4.0, "input pipeline alone / training, np=1"),
     ("ceiling_fraction", 0.70, "training GFLOP/s / float32 matmul GFLOP/s, np=1"),
-    ("np2_gloo_over_multiworker", 1.0, "hvd_cifar np=2 Gloo / MultiWorkerMirroredStrategy"),
+    ("np2_mpi_over_multiworker", 1.0, "hvd_cifar np=2 MPI / MultiWorkerMirroredStrategy"),
 )
 
 
@@ -103,6 +103,7 @@ def ratios_of(runs):
             "np2_mpi_over_np1": rate["np2_mpi"] / rate["np1"],
             "input_over_training": runs["np1"]["input_images_per_sec"] / rate["np1"],
             "ceiling_fraction": runs["np1"]["ceiling_fraction"],
+            "np2_mpi_over_multiworker": rate["np2_mpi"] / rate["multiworker"],
             "np2_gloo_over_multiworker": rate["np2_gloo"] / rate["multiworker"]}
 
 
@@ -126,8 +127,8 @@ def markdown(runs, ratios, targets, command):
     for target in targets:
         lines.append(f"| {target['what']} | {target['measured']:.3f} | ≥ {target['minimum']} | "
                      f"{'yes' if target['met'] else 'no'} |")
-    lines.append(f"| hvd_cifar np=2 MPI / np=1 (for the default's choice) | "
-                 f"{ratios['np2_mpi_over_np1']:.3f} | | |")
+    lines.append(f"| hvd_cifar np=2 Gloo / np=1 (the other controller) | "
+                 f"{ratios['np2_gloo_over_np1']:.3f} | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -153,14 +154,14 @@ def plot(runs, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench", help="folder for results.json/.md/.png")
-    parser.add_argument("--steps", type=int, default=60, help="timed steps of every run")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps of every run")
     parser.add_argument("--batch_size", type=int, default=128, help="batch per rank")
     args = parser.parse_args()
     runs = run_all(args.steps, args.batch_size)
     ratios = {name: round(value, 4) for name, value in ratios_of(runs).items()}
     targets = [{"ratio": name, "what": what, "minimum": minimum, "measured": ratios[name],
                 "met": ratios[name] >= minimum} for name, minimum, what in TARGETS]
-    command = "make bench" + (f" BENCH_STEPS={args.steps}" if args.steps != 60 else "")
+    command = "make bench" + (f" BENCH_STEPS={args.steps}" if args.steps != 100 else "")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"command": command, "runs": runs, "ratios": ratios, "targets": targets}, f,

@@ -4,13 +4,13 @@
 #   launch/local.sh [-np N] [train flags...]
 #   launch/local.sh -np 2 --max_steps 1000 --data_dir data
 #
-# The controller is Gloo unless HVD_CONTROLLER=mpi: on CPU hosts Open MPI's progress engine
-# busy-polls the cores the ranks compute on (measured here, 2 ranks x 64 on 2 cores: about
-# 1,110 img/s with Gloo, 930 with MPI), and on GPU hosts NCCL moves the gradients either way.
+# The controller is Open MPI unless HVD_CONTROLLER=gloo: with the trainer's default
+# OMPI_MCA_mpi_yield_when_idle=1 on CPU ranks it was the faster one here (make bench, 2 ranks x
+# 128 on 2 cores: 1,405 img/s with MPI, 1,080 with Gloo); on GPU hosts NCCL moves the gradients.
 set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${VENV_BIN:-$repo_root/.venv/bin}
-controller=${HVD_CONTROLLER:-gloo}
+controller=${HVD_CONTROLLER:-mpi}
 
 gpus=0
 if command -v nvidia-smi >/dev/null 2>&1; then

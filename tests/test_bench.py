@@ -128,8 +128,8 @@ def test_make_bench_suite_writes_json_table_and_plot(tmp_path):
         results["runs"]["np1"]["images_per_sec"] / results["runs"]["keras"]["images_per_sec"],
         rel=1e-3)
     assert [t["ratio"] for t in results["targets"]] == [
-        "np1_over_keras", "np2_gloo_over_np1", "input_over_training", "ceiling_fraction",
-        "np2_gloo_over_multiworker"]
+        "np1_over_keras", "np2_mpi_over_np1", "input_over_training", "ceiling_fraction",
+        "np2_mpi_over_multiworker"]
     table = (tmp_path / "results.md").read_text()
     assert "| MultiWorkerMirroredStrategy 2 workers | 2 |" in table
     assert (tmp_path / "throughput.png").read_bytes()[:4] == b"\x89PNG"

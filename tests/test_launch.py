@@ -70,5 +70,5 @@ def test_local_sh_starts_n_cpu_ranks_and_passes_the_train_flags(tiny_data, tmp_p
     result = run([os.path.join(REPO_ROOT, "launch", "local.sh"), "-np", "2", "--data_dir",
                   str(tiny_data), "--train_dir", str(tmp_path / "run"), *TRAIN_FLAGS])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "launch/local.sh: 2 ranks on" in result.stdout and "Gloo controller" in result.stdout
+    assert "launch/local.sh: 2 ranks on" in result.stdout and "mpi controller" in result.stdout
     assert "finished at step 6" in result.stdout
