@@ -500,11 +500,14 @@ class ElasticState(ObjectState):
 
     def __init__(self, variables):
         self.variables = variables
-        self.committed = [variable.numpy() for variable in variables]
+        self.copy_to_host()
         super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank, set_up=False)
 
-    def save(self):
+    def copy_to_host(self):
         self.committed = [variable.numpy() for variable in self.variables]
+
+    def save(self):
+        self.copy_to_host()
         super().save()
 
     def restore(self):
@@ -514,7 +517,7 @@ class ElasticState(ObjectState):
 
     def sync(self):
         hvd.broadcast_variables(self.variables, root_rank=0)
-        self.committed = [variable.numpy() for variable in self.variables]
+        self.copy_to_host()
         super().sync()
 
 
