@@ -8,13 +8,15 @@
 # global batch (GLOBAL_BATCH=128 split over RANKS, learning rate 0.1: the global batch is the
 # tutorial's, so the rate is not scaled), keeps a checkpoint every EVAL_EVERY steps, then
 # evaluates each with the moving averages: OUT/train/eval_curve.json (step, precision @ 1,
-# wall seconds) and eval_curve.png. EXTRA_TRAIN_FLAGS adds trainer flags.
+# wall seconds) and eval_curve.png. EXTRA_TRAIN_FLAGS adds trainer flags. The controller is
+# Open MPI unless HVD_CONTROLLER=gloo, as in launch/local.sh.
 set -euo pipefail
 data=${1:?usage: launch/reproduce.sh DATA}
 ranks=${RANKS:-2}
 steps=${STEPS:-10000}
 eval_every=${EVAL_EVERY:-1000}
 global_batch=${GLOBAL_BATCH:-128}
+controller=${HVD_CONTROLLER:-mpi}
 out=${OUT:-runs/reproduce-np$ranks-b$global_batch}
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${VENV_BIN:-$repo_root/.venv/bin}
@@ -26,7 +28,7 @@ fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mkdir -p "$out"
 [ -d "$out/data/cifar-10-batches-bin" ] || "$bin/python" -m hvd_cifar.data convert "$data" "$out/data"
-"$bin/horovodrun" -np "$ranks" --gloo "$bin/python" -m hvd_cifar.train \
+"$bin/horovodrun" -np "$ranks" "--$controller" "$bin/python" -m hvd_cifar.train \
   --data_dir "$out/data" --train_dir "$out/train" --no_download \
   --max_steps "$steps" --batch_size $((global_batch / ranks)) --lr 0.1 --lr_scaling none \
   --warmup_epochs 0 --checkpoint_every_steps "$eval_every" --keep_checkpoints 100000 \
