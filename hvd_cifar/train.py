@@ -223,15 +223,13 @@ class Trainer:
         # all-reduce: Horovod registers XLA kernels for GPU builds only, and on CPU a compiled
         # HorovodAllreduce fails ("No registered 'HorovodAllreduce' OpKernel for XLA_CPU_JIT").
         self.forward = tf.function(self._forward, jit_compile=jit_compile)
-        self.backward_pass = tf.function(self._backward_pass)
-        self.finish_step = tf.function(self._finish_step)
 
     def rescale(self, size, steps_per_epoch):
         """Set the learning-rate schedule for size ranks (again when an elastic job resizes)."""
         self.schedule, self.lr_rule = learning_rate_schedule(self.config, size, steps_per_epoch)
         self.warmup_steps = self.schedule.warmup_steps
-        # Traced anew: the schedule's numbers are constants of the compiled function.
-        self.set_learning_rate = tf.function(self._set_learning_rate)
+        # Traced anew: the schedule's numbers are constants of the compiled pass.
+        self.train_pass = tf.function(self._train_pass)
 
     def state_variables(self):
         return (self.model.variables + list(self.optimizer.variables) +
@@ -244,30 +242,29 @@ class Trainer:
         logits = self.model(images, training=True)
         return model_lib.loss(self.model, logits, labels), logits
 
-    def _backward_pass(self, images, labels):
+    def _train_pass(self, images, labels, first, last):
+        """One backward pass, compiled as one call (the per-call cost is paid once a pass): the
+        first of a step sets its rate, the last advances the step and the averages."""
+        if first:
+            self.optimizer.learning_rate.assign(self.schedule(self.global_step))
         with tf.GradientTape() as tape:
             loss, logits = self.forward(images, labels)
         # Horovod: minimize() all-reduces the gradients (DistributedOptimizer); calling
         # apply_gradients() directly would skip the averaging.
         self.optimizer.minimize(loss, self.model.trainable_variables, tape=tape)
+        if last:
+            self.global_step.assign_add(1)
+            self.moving_averages.apply(self.model.trainable_variables)
         correct = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels)
         return loss, tf.reduce_mean(tf.cast(correct, tf.float32))
 
-    def _set_learning_rate(self):
-        # One compiled call a step instead of the schedule's ops run eagerly one by one.
-        self.optimizer.learning_rate.assign(self.schedule(self.global_step))
-
-    def _finish_step(self):
-        self.global_step.assign_add(1)
-        self.moving_averages.apply(self.model.trainable_variables)
-
     def step(self, batches):
         """One synchronized update from backward_passes_per_step batches; (loss, accuracy)."""
-        self.set_learning_rate()
-        for _ in range(self.config.backward_passes_per_step):
+        passes = self.config.backward_passes_per_step
+        for index in range(passes):
             images, labels = next(batches)
-            loss, accuracy = self.backward_pass(images, labels)
-        self.finish_step()
+            loss, accuracy = self.train_pass(images, labels, first=index == 0,
+                                             last=index == passes - 1)
         # The batch just trained on, for activation histograms (drawing another batch would
         # move this rank's data position).
         self.last_images = images
