@@ -15,6 +15,7 @@ TRAIN_DIR  ?= runs/train
 JPEG_DATA  ?= ../shared/data/cifar10-jpeg.tar.gz
 PYTEST_ARGS ?=
 BENCH_STEPS ?= 100
+BENCH_REPEATS ?= 3
 
 # Open MPI refuses to run as root unless both are set (containers and CI run as root).
 export OMPI_ALLOW_RUN_AS_ROOT := 1
@@ -55,4 +56,4 @@ reproduce: install
 # Throughput against plain Keras, Gloo vs MPI and MultiWorkerMirroredStrategy on this machine:
 # bench/results.json, bench/results.md and bench/throughput.png (run it on an idle machine).
 bench: install
-	$(PYTHON) launch/bench_suite.py --out bench --steps $(BENCH_STEPS)
+	$(PYTHON) launch/bench_suite.py --out bench --steps $(BENCH_STEPS) --repeats $(BENCH_REPEATS)

@@ -1,17 +1,20 @@
 """`make bench`: hvd_cifar against what a user would run instead, in one go on one machine.
 
-    python launch/bench_suite.py [--out bench] [--steps 60] [--batch_size 128]
+    python launch/bench_suite.py [--out bench] [--steps 100] [--repeats 3] [--batch_size 128]
 
 Runs python -m hvd_cifar.bench for (a) plain Keras model.fit, (b) hvd_cifar alone, (c) hvd_cifar
 under horovodrun -np 2 with Gloo and with MPI, and (d) tf.distribute's
-MultiWorkerMirroredStrategy with 2 workers on localhost; then writes OUT/results.json (every
-run, the ratios and the targets), OUT/results.md (the table) and OUT/throughput.png (images/s
-against ranks, with the ideal line).
+MultiWorkerMirroredStrategy with 2 workers on localhost, all of them --repeats times in turn (a
+drift in the machine's speed then reaches every configuration alike), and keeps each one's
+median run; then writes OUT/results.json (every kept run with the rates of all repeats, the
+ratios and the targets), OUT/results.md (the table) and OUT/throughput.png (images/s against
+ranks, with the ideal line).
 """
 import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 
@@ -80,20 +83,39 @@ def multiworker_env(workers):
             for index in range(workers)]
 
 
-def run_all(steps, batch_size):
+def configurations(steps, batch_size):
+    """(key, name, commands, environments) of every run of the suite."""
     flags = ["--steps", str(steps), "--batch_size", str(batch_size)]
     horovodrun = os.path.join(BIN, "horovodrun")
-    return {
-        "keras": run("keras model.fit", [bench_command("--framework", "keras", *flags)]),
-        "np1": run("hvd_cifar np=1", [bench_command(*flags)]),
-        "np2_gloo": run("hvd_cifar np=2 Gloo",
-                        [[horovodrun, "-np", "2", "--gloo", *bench_command(*flags)]]),
-        "np2_mpi": run("hvd_cifar np=2 MPI",
-                       [[horovodrun, "-np", "2", "--mpi", *bench_command(*flags)]]),
-        "multiworker": run("MultiWorkerMirroredStrategy 2 workers",
-                           [bench_command("--framework", "multiworker", *flags)] * 2,
-                           multiworker_env(2)),
-    }
+    return [
+        ("keras", "keras model.fit", [bench_command("--framework", "keras", *flags)], None),
+        ("np1", "hvd_cifar np=1", [bench_command(*flags)], None),
+        ("np2_gloo", "hvd_cifar np=2 Gloo",
+         [[horovodrun, "-np", "2", "--gloo", *bench_command(*flags)]], None),
+        ("np2_mpi", "hvd_cifar np=2 MPI",
+         [[horovodrun, "-np", "2", "--mpi", *bench_command(*flags)]], None),
+        ("multiworker", "MultiWorkerMirroredStrategy 2 workers",
+         [bench_command("--framework", "multiworker", *flags)] * 2, multiworker_env),
+    ]
+
+
+def median_run(results):
+    """The repeat with the median rate (the lower middle of an even count, so a real run),
+    carrying the rates of all repeats."""
+    rates = [result["images_per_sec"] for result in results]
+    kept = dict(next(r for r in results if r["images_per_sec"] == statistics.median_low(rates)))
+    kept["images_per_sec_repeats"] = rates
+    return kept
+
+
+def run_all(steps, batch_size, repeats):
+    results = {}
+    for repeat in range(repeats):
+        for key, name, commands, environments in configurations(steps, batch_size):
+            print(f"bench: repeat {repeat + 1} of {repeats}", flush=True)
+            env = environments(len(commands)) if environments else None
+            results.setdefault(key, []).append(run(name, commands, env))
+    return {key: median_run(runs) for key, runs in results.items()}
 
 
 def ratios_of(runs):
@@ -109,18 +131,22 @@ def ratios_of(runs):
 
 def markdown(runs, ratios, targets, command):
     baseline = runs["np1"]["images_per_sec"]
+    repeats = len(runs["np1"]["images_per_sec_repeats"])
     lines = [f"Measured by `{command}` on {os.cpu_count()} CPU cores, synthetic batches of "
-             f"{runs['np1']['batch_size']} per rank.", "",
+             f"{runs['np1']['batch_size']} per rank; each configuration ran {repeats} times in "
+             f"turn and its median run is shown.", "",
              "| run | ranks | images/s | per rank | vs np=1 | step ms (median / p90) | "
-             "real input images/s | input alone images/s | all-reduce share | GFLOP/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "real input images/s | input alone images/s | all-reduce share | GFLOP/s | "
+             "images/s of each repeat |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs.values():
         lines.append(
             f"| {run['name']} | {run['ranks']} | {run['images_per_sec']:,.0f} | "
             f"{run['images_per_sec_per_rank']:,.0f} | {run['images_per_sec'] / baseline:.2f} | "
             f"{run['step_time_ms_median']:.1f} / {run['step_time_ms_p90']:.1f} | "
             f"{run.get('real_input_images_per_sec', '')} | {run.get('input_images_per_sec', '')} "
-            f"| {run.get('allreduce_fraction', '')} | {run.get('gflops', '')} |")
+            f"| {run.get('allreduce_fraction', '')} | {run.get('gflops', '')} | "
+            f"{', '.join(f'{rate:,.0f}' for rate in run['images_per_sec_repeats'])} |")
     lines += ["", f"Matmul ceiling (float32, {runs['np1']['ceiling_gflops']} GFLOP/s); "
               f"{runs['np1']['flops_per_image'] / 1e6:.1f} MFLOP per image for training.", "",
               "| target | measured | wanted | met |", "|---|---|---|---|"]
@@ -155,13 +181,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench", help="folder for results.json/.md/.png")
     parser.add_argument("--steps", type=int, default=100, help="timed steps of every run")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of every configuration, in turn; the median is kept")
     parser.add_argument("--batch_size", type=int, default=128, help="batch per rank")
     args = parser.parse_args()
-    runs = run_all(args.steps, args.batch_size)
+    if args.repeats < 1 or args.steps < 1:
+        parser.error("--steps and --repeats must be at least 1")
+    runs = run_all(args.steps, args.batch_size, args.repeats)
     ratios = {name: round(value, 4) for name, value in ratios_of(runs).items()}
     targets = [{"ratio": name, "what": what, "minimum": minimum, "measured": ratios[name],
                 "met": ratios[name] >= minimum} for name, minimum, what in TARGETS]
-    command = "make bench" + (f" BENCH_STEPS={args.steps}" if args.steps != 100 else "")
+    command = ("make bench" + (f" BENCH_STEPS={args.steps}" if args.steps != 100 else "") +
+               (f" BENCH_REPEATS={args.repeats}" if args.repeats != 3 else ""))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"command": command, "runs": runs, "ratios": ratios, "targets": targets}, f,

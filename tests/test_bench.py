@@ -14,6 +14,7 @@ FIELDS = ("ranks", "batch_size", "images_per_sec", "images_per_sec_per_rank",
           "step_time_ms_median", "step_time_ms_p90", "input_images_per_sec",
           "allreduce_fraction", "flops_per_image", "gflops", "ceiling_gflops")
 # The tutorial net's multiply-adds for one 24x24x3 image: conv1, conv2, local3, local4, softmax.
+SUITE = os.path.join(REPO_ROOT, "launch", "bench_suite.py")
 FORWARD_MULTIPLY_ADDS = (24 * 24 * 64 * 5 * 5 * 3 + 12 * 12 * 64 * 5 * 5 * 64 + 2304 * 384 +
                          384 * 192 + 192 * 10)
 
@@ -113,14 +114,16 @@ def test_scaling_model_arithmetic():
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_make_bench_suite_writes_json_table_and_plot(tmp_path):
-    result = run([sys.executable, os.path.join(REPO_ROOT, "launch", "bench_suite.py"),
-                  "--out", str(tmp_path), "--steps", "2", "--batch_size", "32"])
+    result = run([sys.executable, SUITE, "--out", str(tmp_path), "--steps", "2",
+                  "--repeats", "1", "--batch_size", "32"])
     assert result.returncode == 0, result.stdout + result.stderr
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
     assert set(results["runs"]) == {"keras", "np1", "np2_gloo", "np2_mpi", "multiworker"}
     assert results["runs"]["np2_mpi"]["controller"] == "MPI"
     assert results["runs"]["multiworker"]["ranks"] == 2
+    for kept in results["runs"].values():
+        assert kept["images_per_sec_repeats"] == [kept["images_per_sec"]]
     assert results["ratios"]["np1_over_keras"] == pytest.approx(
         results["runs"]["np1"]["images_per_sec"] / results["runs"]["keras"]["images_per_sec"],
         rel=1e-3)
@@ -130,3 +133,23 @@ def test_make_bench_suite_writes_json_table_and_plot(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| MultiWorkerMirroredStrategy 2 workers | 2 |" in table
     assert (tmp_path / "throughput.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_suite_keeps_the_median_repeat_with_every_rate():
+    sys.path.insert(0, os.path.dirname(SUITE))
+    import bench_suite
+    repeats = [{"images_per_sec": rate, "step_time_ms_median": 1000 / rate}
+               for rate in (900.0, 1200.0, 1000.0)]
+    kept = bench_suite.median_run(repeats)
+    assert kept["images_per_sec"] == 1000.0 and kept["step_time_ms_median"] == 1.0
+    assert kept["images_per_sec_repeats"] == [900.0, 1200.0, 1000.0]
+    # An even count keeps the lower middle, a run that happened.
+    assert bench_suite.median_run(repeats[:2])["images_per_sec"] == 900.0
+
+
+@pytest.mark.parametrize("flag", ["--repeats", "--steps"])
+def test_the_suite_refuses_zero_repeats_or_steps(flag, tmp_path):
+    result = run([sys.executable, SUITE, "--out", str(tmp_path / "out"), flag, "0"])
+    assert result.returncode == 2
+    assert "--steps and --repeats must be at least 1" in result.stderr
+    assert not (tmp_path / "out").exists()
