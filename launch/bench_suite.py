@@ -111,8 +111,8 @@ def median_run(results):
 def run_all(steps, batch_size, repeats):
     results = {}
     for repeat in range(repeats):
+        print(f"bench: repeat {repeat + 1} of {repeats}", flush=True)
         for key, name, commands, environments in configurations(steps, batch_size):
-            print(f"bench: repeat {repeat + 1} of {repeats}", flush=True)
             env = environments(len(commands)) if environments else None
             results.setdefault(key, []).append(run(name, commands, env))
     return {key: median_run(runs) for key, runs in results.items()}
