@@ -41,5 +41,7 @@ trainer.step(iter([(tf.constant(images[part]), tf.constant(labels[part])) for pa
 if hvd.rank() == 0:
     after = [v.numpy() for v in trainer.model.trainable_variables]
     np.savez(args.out, learning_rate=trainer.schedule(0).numpy(),
+             global_step=trainer.global_step.numpy(),
+             **{f"average_{i}": v.numpy() for i, v in enumerate(trainer.averaged_variables)},
              **{f"before_{i}": v for i, v in enumerate(before)},
              **{f"after_{i}": v for i, v in enumerate(after)})

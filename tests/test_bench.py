@@ -13,8 +13,8 @@ SHORT = ("--json", "--steps", 3, "--warmup_steps", 1, "--batch_size", 32)
 FIELDS = ("ranks", "batch_size", "images_per_sec", "images_per_sec_per_rank",
           "step_time_ms_median", "step_time_ms_p90", "input_images_per_sec",
           "allreduce_fraction", "flops_per_image", "gflops", "ceiling_gflops")
-# The tutorial net's multiply-adds for one 24x24x3 image: conv1, conv2, local3, local4, softmax.
 SUITE = os.path.join(REPO_ROOT, "launch", "bench_suite.py")
+# The tutorial net's multiply-adds for one 24x24x3 image: conv1, conv2, local3, local4, softmax.
 FORWARD_MULTIPLY_ADDS = (24 * 24 * 64 * 5 * 5 * 3 + 12 * 12 * 64 * 5 * 5 * 64 + 2304 * 384 +
                          384 * 192 + 192 * 10)
 
@@ -135,8 +135,8 @@ def test_make_bench_suite_writes_json_table_and_plot(tmp_path):
     assert (tmp_path / "throughput.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_the_suite_keeps_the_median_repeat_with_every_rate():
-    sys.path.insert(0, os.path.dirname(SUITE))
+def test_the_suite_keeps_the_median_repeat_with_every_rate(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(SUITE))
     import bench_suite
     repeats = [{"images_per_sec": rate, "step_time_ms_median": 1000 / rate}
                for rate in (900.0, 1200.0, 1000.0)]

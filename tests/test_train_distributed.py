@@ -94,6 +94,14 @@ def test_one_step_equals_one_process_taking_all_16_examples_at_once(
         # ...and the same update: the mean over 2 x 8 examples equals the mean over 16.
         np.testing.assert_allclose(distributed[key], single[key], rtol=1e-5, atol=1e-6)
         assert not np.allclose(single[key], single[key.replace("after", "before")])
+    # One step whatever the passes: the step counts once and the averages move once, with the
+    # tutorial's decay at num_updates 1, min(0.9999, 2 / 11), from the starting weights.
+    assert int(distributed["global_step"]) == 1
+    decay = 2 / 11
+    for key in before:
+        start, end = distributed[key], distributed[key.replace("before", "after")]
+        np.testing.assert_allclose(distributed[key.replace("before", "average")],
+                                   decay * start + (1 - decay) * end, rtol=1e-5, atol=1e-6)
 
 
 def test_the_logged_learning_rate_warms_up_linearly_to_lr_times_ranks(tiny_data, tmp_path):
