@@ -32,7 +32,7 @@ from horovod.common.elastic import ObjectState
 DEFAULT_WARMUP_EPOCHS = 5.0   # Goyal et al. 2017: linear warm-up over the first 5 epochs.
 # The largest scaled rate measured stable on this network: 0.283 with warm-up keeps the
 # tutorial's accuracy at global batch 1024 while 0.8 oscillates or diverges (issue 9's table);
-# at 1024 here 0.3 beats caps of 0.2, 0.4 and 0.5 at 2M images (docs/results/lr_policy.md).
+# at 1024 here 0.4 and 0.5 show loss jumps and 0.3 does not (docs/results/lr_policy.md).
 DEFAULT_MAX_LR = 0.3
 # Stop when a logged loss exceeds this multiple of its running mean after warm-up.
 LOSS_EXPLOSION_FACTOR = 4.0
