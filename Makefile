@@ -56,4 +56,4 @@ reproduce: install
 # Throughput against plain Keras, Gloo vs MPI and MultiWorkerMirroredStrategy on this machine:
 # bench/results.json, bench/results.md and bench/throughput.png (run it on an idle machine).
 bench: install
-	$(PYTHON) launch/bench_suite.py --out bench --steps $(BENCH_STEPS) --repeats $(BENCH_REPEATS)
+	$(PYTHON) tools/bench_suite.py --out bench --steps $(BENCH_STEPS) --repeats $(BENCH_REPEATS)

@@ -10,30 +10,29 @@ machine's ceiling), the input pipeline alone, the all-reduce of one step's gradi
 training step of train.py on synthetic batches and on the real input pipeline. Without
 --data_dir the real pipeline reads CIFAR-format records generated into a temporary folder:
 the reader, the in-memory shard, the shuffle and the distortions are the ones training uses.
-`make bench` (launch/bench_suite.py) runs it beside its peers and writes bench/results.*.
+`make bench` (tools/bench_suite.py) runs it beside its peers and writes bench/results.*.
 """
 import dataclasses
 import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-import hvd_cifar  # noqa: F401  (quiets TensorFlow's start-up logging before it is imported)
-from hvd_cifar import data, model as model_lib
-from hvd_cifar.config import (ArgumentParser, UserError, flag, non_negative_int, parse_into,
-                              positive_float, positive_int, run_command)
-
 import tensorflow as tf
+
+from hvd_cifar import data, model as model_lib
+from hvd_cifar.config import (UserError, flag, non_negative_int, parse_command, positive_float,
+                              positive_int, run_command)
 
 MATMUL_SIZE = 2048         # 17 GFLOP a product: long enough to time, small enough for 2 cores
 MATMUL_REPEATS = 10
 GENERATED_RECORDS = 2_000  # records of random bytes in each training file without --data_dir
-# Per-GPU rate of this network measured on one H100 (DESIGN.md: JAX/XLA, float32, batch 128).
+# Per-GPU training rate of this network on one H100 (JAX/XLA, float32, batch 128): the
+# reference rate of the scaling model when none is measured or given.
 H100_IMAGES_PER_SEC = 242_524
 RING_HOP_LATENCY_SECONDS = 20e-6  # per ring step; an assumption typical of TCP on a data centre LAN
 
@@ -140,13 +139,14 @@ def real_input_batches(config, batches_dir, num_shards, shard_index):
 
 def bench_horovod(config, scratch_dir):
     import horovod.tensorflow as hvd
-    from hvd_cifar import train
+    from hvd_cifar.distributed import pin_devices, set_launch_defaults
+    from hvd_cifar.trainer import Trainer, TrainerConfig
 
     # Horovod: the same start as train.py: init, then pin a GPU or a share of the cores.
-    train.set_launch_defaults()
+    set_launch_defaults()
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
-    device = train.pin_devices(hvd.local_rank(), hvd.local_size(), config.threads_per_rank)
+    device = pin_devices(hvd.local_rank(), hvd.local_size(), config.threads_per_rank)
     tf.keras.utils.set_random_seed(rank)
 
     def barrier(name):
@@ -167,10 +167,9 @@ def bench_horovod(config, scratch_dir):
     input_rate = total(images_per_sec_of(real_input_batches(config, batches_dir, size, rank),
                                          2 * config.steps, config.batch_size), "input_rate")
 
-    train_config = train.TrainConfig(batch_size=config.batch_size, synthetic=True,
-                                     lr_scaling="none", threads_per_rank=config.threads_per_rank,
-                                     xla=config.xla, fp16_allreduce=config.fp16_allreduce)
-    trainer = train.Trainer(train_config, size, steps_per_epoch=1)
+    trainer_config = TrainerConfig(batch_size=config.batch_size, lr_scaling="none",
+                                   xla=config.xla, fp16_allreduce=config.fp16_allreduce)
+    trainer = Trainer(trainer_config, size, steps_per_epoch=1)
     hvd.broadcast_variables(trainer.state_variables(), root_rank=0)
 
     def timed_steps(batches):
@@ -268,7 +267,7 @@ def bench_keras(config):
 def bench_multiworker(config):
     """MultiWorkerMirroredStrategy over the workers of TF_CONFIG (one process each)."""
     if not os.environ.get("TF_CONFIG"):
-        raise UserError("--framework multiworker needs TF_CONFIG (see launch/bench_suite.py)")
+        raise UserError("--framework multiworker needs TF_CONFIG (see tools/bench_suite.py)")
     cluster = json.loads(os.environ["TF_CONFIG"])
     workers = len(cluster["cluster"]["worker"])
     # The workers share the host's cores like Horovod's ranks do.
@@ -366,13 +365,12 @@ def run(config):
 
 
 def main(argv=None):
-    parser = ArgumentParser(prog="python -m hvd_cifar.bench",
-                            description="Time the training step (images/s, step times, input "
-                            "pipeline, all-reduce share, FLOP/s against a matmul ceiling), "
-                            "alone or under horovodrun; rank 0 prints.")
-    config = parse_into(BenchConfig, parser, argv)
+    config = parse_command(BenchConfig, "python -m hvd_cifar.bench",
+                           "Time the training step (images/s, step times, input pipeline, "
+                           "all-reduce share, FLOP/s against a matmul ceiling), alone or under "
+                           "horovodrun; rank 0 prints.", argv)
     run_command(lambda: run(config))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,10 +1,13 @@
-"""Flags and the tutorial's training constants, and the one-line error contract of every command.
+"""The tutorial's training constants, and how every command reads its flags and ends.
 
-Every expected failure (bad flag, missing or corrupt file, wrong checkpoint) ends as one line
-`hvd_cifar: error: ...` on stderr and a non-zero exit, never a traceback.
+Flags are dataclass fields (`flag(...)`) turned into argparse options by `parse_command`.
+Every command ends through `run_command`: an expected failure (bad flag, missing or corrupt file,
+wrong checkpoint) is one line `hvd_cifar: error: ...` on stderr and a non-zero exit, never a
+traceback, and a stop on a signal exits with 128 + the signal number.
 """
 import argparse
 import dataclasses
+import signal
 import sys
 
 # The tutorial's cifar10.py constants describing the training process.
@@ -23,11 +26,33 @@ def fail(message, status=1):
     sys.exit(status)
 
 
+class Stopped(Exception):
+    """The command stopped on a signal after saving its work; it exits with 128 + signal."""
+
+    def __init__(self, signal_number):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+def says_errors():
+    """False on the ranks other than 0 of a Horovod job: the ranks agree on a failure before
+    they part (see distributed.fail_together), so rank 0 says it once for all."""
+    hvd = sys.modules.get("horovod.tensorflow")  # only a command that started Horovod has it
+    return hvd is None or not hvd.is_initialized() or hvd.rank() == 0
+
+
 def run_command(main):
-    """Run a command's main(); a UserError becomes the one-line error and exit status 1."""
+    """Run a command's main() and end it: a UserError becomes the one-line error and exit
+    status 1, a stop on a signal (or Ctrl-C) exits with 128 + the signal number."""
     try:
         return main()
+    except Stopped as stopped:
+        sys.exit(128 + stopped.signal_number)
+    except KeyboardInterrupt:
+        sys.exit(128 + signal.SIGINT)
     except UserError as error:
+        if not says_errors():
+            sys.exit(1)
         fail(error)
 
 
@@ -63,17 +88,27 @@ def flag(default, help, type=None, **argparse_options):
                              metadata={"help": help, "type": type, **argparse_options})
 
 
+def argument(help, **argparse_options):
+    """A dataclass field that is a positional command-line argument (e.g. nargs="+")."""
+    return dataclasses.field(default=None, metadata={"help": help, "positional": True,
+                                                     **argparse_options})
+
+
 def add_dataclass_flags(parser, config_class):
     """Add one `--name` flag per field of config_class (the tutorial's underscore names), with
     its help and default; `--dashed-name` is accepted as well."""
     for field in dataclasses.fields(config_class):
         options = dict(field.metadata)
         help_text = options.pop("help")
+        if options.pop("positional", False):
+            parser.add_argument(field.name, help=help_text, **options)
+            continue
         if field.default is False:
             options = dict(action="store_true")
             help_text += " (default: off)"
         else:
-            options["type"] = options.pop("type") or type(field.default)
+            # The field's declared type, so a flag whose default is None still takes a value.
+            options["type"] = options.pop("type") or field.type
             if field.default is not None:
                 help_text += f" (default: {field.default})"
         parser.add_argument(f"--{field.name}", dest=field.name, default=field.default,
@@ -84,6 +119,20 @@ def add_dataclass_flags(parser, config_class):
                                 default=argparse.SUPPRESS, help=argparse.SUPPRESS, **options)
 
 
-def parse_into(config_class, parser, argv=None):
+def parse_command(config_class, prog, description, argv=None):
+    """A config_class instance from the command line (argv, default sys.argv[1:])."""
+    parser = ArgumentParser(prog=prog, description=description)
     add_dataclass_flags(parser, config_class)
     return config_class(**vars(parser.parse_args(argv)))
+
+
+def parse_subcommand(commands, prog, description, argv=None):
+    """(name, config) for a command with subcommands: commands maps each name to
+    (config_class, help)."""
+    parser = ArgumentParser(prog=prog, description=description)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (config_class, help_text) in commands.items():
+        add_dataclass_flags(subparsers.add_parser(name, help=help_text), config_class)
+    arguments = vars(parser.parse_args(argv))
+    name = arguments.pop("command")
+    return name, commands[name][0](**arguments)

@@ -4,13 +4,11 @@ A record is 1 label byte followed by 3072 image bytes, depth-major (3 x 32 x 32)
 knows about Horovod: sharding takes (num_shards, shard_index) as plain arguments.
 
     python -m hvd_cifar.data download --data_dir D [--data_url URL]
-    python -m hvd_cifar.data convert SRC OUT      (image folders -> this binary layout)
+    python -m hvd_cifar.data convert SRC OUT      (image folders -> this binary layout: convert.py)
 """
+import dataclasses
 import hashlib
-import io
 import os
-import shutil
-import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -18,9 +16,9 @@ import urllib.request
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
-from hvd_cifar.config import ArgumentParser, UserError, run_command
+from hvd_cifar.config import UserError, flag, parse_subcommand, run_command
+from hvd_cifar.files import write_atomically
 
 # The binary format.
 ORIGINAL_SIZE = 32         # CIFAR-10 images are 32x32 RGB.
@@ -82,15 +80,15 @@ def fetch(url, archive, sha256):
         os.makedirs(data_dir, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create --data_dir {data_dir}: {error.strerror}") from None
-    partial = tempfile.NamedTemporaryFile(dir=data_dir, prefix=f".{ARCHIVE_NAME}.",
-                                          suffix=".part", delete=False)
-    try:
+
+    def download(partial):
         digest = hashlib.sha256()
         received = 0
-        with partial, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
+        with open(partial, "wb") as f, urllib.request.urlopen(
+                url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
             expected_bytes = response.headers.get("Content-Length")
             while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
-                partial.write(chunk)
+                f.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
         if expected_bytes is not None and received != int(expected_bytes):
@@ -99,15 +97,14 @@ def fetch(url, archive, sha256):
         if sha256 and digest.hexdigest() != sha256:
             raise UserError(f"download of {url} has sha256 {digest.hexdigest()}, expected "
                             f"{sha256}; refusing to extract it")
-        os.replace(partial.name, archive)
+
+    try:
+        write_atomically(archive, download)
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", None) or error
         raise UserError(f"cannot download {url} ({reason}); without internet, put "
                         f"{ARCHIVE_NAME} or {BATCHES_DIR}/ in --data_dir {data_dir}, or pass "
                         f"--data_url file:///path/to/{ARCHIVE_NAME}") from None
-    finally:
-        if os.path.exists(partial.name):
-            os.remove(partial.name)
 
 
 def file_sha256(path):
@@ -127,14 +124,13 @@ def check_sha256(archive, sha256):
 
 def extract(archive, data_dir):
     """Extract into a hidden temporary folder, then rename the batches folder into place."""
-    staging = tempfile.mkdtemp(dir=data_dir, prefix=".extract-")
-    try:
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".extract-") as scratch:
         try:
             with tarfile.open(archive) as tar:
-                tar.extractall(staging, filter="data")
+                tar.extractall(scratch, filter="data")
         except (tarfile.TarError, OSError, EOFError) as error:
             raise UserError(f"{archive}: cannot extract ({error})") from None
-        extracted = os.path.join(staging, BATCHES_DIR)
+        extracted = os.path.join(scratch, BATCHES_DIR)
         if not os.path.isdir(extracted):
             raise UserError(f"{archive} has no {BATCHES_DIR}/ folder")
         try:
@@ -143,8 +139,6 @@ def extract(archive, data_dir):
             # Another process (a rank on the same host) finished first; its copy is complete.
             if not os.path.isdir(os.path.join(data_dir, BATCHES_DIR)):
                 raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,9 +174,7 @@ def write_records(path, images, labels):
     labels = np.asarray(labels, dtype=np.uint8).reshape(-1, 1)
     depth_major = images.transpose(0, 3, 1, 2).reshape(len(images), IMAGE_BYTES)
     records = np.concatenate([labels, depth_major], axis=1)
-    partial = f"{path}.part"
-    records.tofile(partial)
-    os.replace(partial, path)
+    write_atomically(path, records.tofile)
 
 
 def class_names(batches_dir):
@@ -309,165 +301,31 @@ def synthetic_dataset(batch_size, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------
-# Image folders -> the binary layout
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-
-
-def list_image_tree(source):
-    """{split: [(class name, file name)]} of a class-folder tree, from a folder or a tar file.
-
-    Layouts: SRC/train/<class>/*, SRC/test/<class>/* (test/ may be missing), or SRC/<class>/*;
-    a tar archive may wrap the tree in one top folder.
-    """
-    if os.path.isdir(source):
-        names = [os.path.relpath(os.path.join(folder, f), source)
-                 for folder, _, files in os.walk(source) for f in files]
-    elif os.path.isfile(source) and tarfile.is_tarfile(source):
-        with tarfile.open(source) as tar:
-            names = [member.name for member in tar.getmembers() if member.isfile()]
-    else:
-        raise UserError(f"{source}: neither a folder nor a tar archive of images")
-    names = [name for name in names if name.lower().endswith(IMAGE_SUFFIXES)]
-    parts = [name.split("/") for name in names]
-    tops = {p[0] for p in parts}
-    wrapped = len(tops) == 1 and all(len(p) >= 3 for p in parts) and not tops & {"train", "test"}
-    tree = {"train": [], "test": []}
-    for name, path in zip(names, parts):
-        path = path[1:] if wrapped else path
-        if len(path) == 3 and path[0] in tree:
-            tree[path[0]].append((path[1], name))
-        elif len(path) == 2:
-            tree["train"].append((path[0], name))
-    if not tree["train"]:
-        raise UserError(f"{source}: no images in class folders (expected "
-                        "train/<class>/*.png|jpg, test/<class>/*, or <class>/*)")
-    return tree
-
-
-def image_bytes(source, wanted):
-    """(name, bytes) for every name in wanted: a tar archive in one pass in its own order
-    (a .tar.gz cannot seek cheaply), a folder file by file."""
-    if os.path.isdir(source):
-        for name in wanted:
-            with open(os.path.join(source, name), "rb") as f:
-                yield name, f.read()
-        return
-    with tarfile.open(source) as tar:
-        for member in tar:
-            if member.name in wanted:
-                yield member.name, tar.extractfile(member).read()
-
-
-def decode_to_cifar(raw):
-    """Any PIL-readable image -> uint8 32x32x3 (resized with antialiasing when it is not)."""
-    with Image.open(io.BytesIO(raw)) as image:
-        image = image.convert("RGB")
-        if image.size != (ORIGINAL_SIZE, ORIGINAL_SIZE):
-            image = image.resize((ORIGINAL_SIZE, ORIGINAL_SIZE), Image.Resampling.LANCZOS)
-        return np.asarray(image, dtype=np.uint8)
-
-
-def convert(source, out_dir, test_fraction=None, seed=0, skip_bad=False):
-    """Write out_dir/cifar-10-batches-bin from a class-folder tree; (train, test) counts.
-
-    Nothing is written unless every image decodes (or skip_bad is set): the folder appears by
-    one rename of a complete staging copy."""
-    tree = list_image_tree(source)
-    class_list = sorted({name for name, _ in tree["train"]})
-    if len(class_list) > NUM_CLASSES:
-        raise UserError(f"{source}: {len(class_list)} classes; the network has "
-                        f"{NUM_CLASSES} outputs")
-    unknown = sorted({name for name, _ in tree["test"]} - set(class_list))
-    if unknown:
-        raise UserError(f"{source}: test classes {unknown} have no training images")
-    rng = np.random.default_rng(seed)
-    if not tree["test"]:
-        if not test_fraction:
-            raise UserError(f"{source} has no test/ folder: pass --test_fraction (e.g. 0.1)")
-        order = rng.permutation(len(tree["train"]))
-        num_test = int(round(test_fraction * len(order)))
-        tree = {"test": [tree["train"][i] for i in order[:num_test]],
-                "train": [tree["train"][i] for i in order[num_test:]]}
-    destination = os.path.join(out_dir, BATCHES_DIR)
-    if os.path.exists(destination):
-        raise UserError(f"{destination} already exists; remove it or choose another OUT")
-
-    pixels, bad = {}, []
-    wanted = {name for members in tree.values() for _, name in members}
-    for name, raw in image_bytes(source, wanted):
-        try:
-            pixels[name] = decode_to_cifar(raw)
-        except Exception as error:  # PIL raises many kinds for a bad file
-            bad.append(f"{name} ({type(error).__name__}: {error})")
-    decoded = {split: ([pixels[name] for _, name in members if name in pixels],
-                       [class_list.index(c) for c, name in members if name in pixels])
-               for split, members in tree.items()}
-    for line in bad:
-        print(f"hvd_cifar: bad image: {line}", file=sys.stderr)
-    if bad and not skip_bad:
-        raise UserError(f"{len(bad)} images in {source} cannot be read (listed above); fix "
-                        "them or pass --skip_bad; nothing was written")
-
-    os.makedirs(out_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=out_dir, prefix=".convert-")
-    try:
-        for split, files in (("train", TRAIN_FILES), ("test", TEST_FILES)):
-            images, labels = decoded[split]
-            if not images:
-                raise UserError(f"{source}: no readable {split} images")
-            images, labels = np.stack(images), np.asarray(labels)
-            order = rng.permutation(len(images))  # mixed classes, as in the real batch files
-            for name, part in zip(files, np.array_split(order, len(files))):
-                write_records(os.path.join(staging, name), images[part], labels[part])
-        with open(os.path.join(staging, META_FILE), "w") as f:
-            f.write("\n".join(class_list) + "\n")
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the data from other users
-        os.rename(staging, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return len(decoded["train"][0]), len(decoded["test"][0]), len(bad)
-
-
-# ---------------------------------------------------------------------------------------------
 # Command line
 
+@dataclasses.dataclass
+class DownloadConfig:
+    data_dir: str = flag("data", "folder for the archive and cifar-10-batches-bin/")
+    data_url: str = flag(DATA_URL, "archive URL, a mirror or file://")
+    data_sha256: str = flag(DATA_SHA256, "expected sha256 of the archive")
+
+
+def download(config):
+    batches_dir = prepare(config.data_dir, config.data_url, config.data_sha256)
+    _, num_train = split_files(batches_dir, "train")
+    _, num_test = split_files(batches_dir, "test")
+    print(f"{batches_dir}: {num_train} training and {num_test} test records")
+
+
 def main(argv=None):
-    parser = ArgumentParser(prog="python -m hvd_cifar.data",
-                            description="Prepare CIFAR-10 data in the binary layout.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    download = commands.add_parser("download", help="download, verify and extract CIFAR-10")
-    download.add_argument("--data_dir", "--data-dir", default="data",
-                          help="folder for the archive and cifar-10-batches-bin/ (default: data)")
-    download.add_argument("--data_url", "--data-url", default=DATA_URL,
-                          help=f"archive URL, a mirror or file:// (default: {DATA_URL})")
-    download.add_argument("--data_sha256", "--data-sha256", default=DATA_SHA256,
-                          help="expected sha256 of the archive (default: the official one)")
-    to_binary = commands.add_parser(
-        "convert", help="turn a class-folder tree of images into the binary layout")
-    to_binary.add_argument("source", metavar="SRC", help="folder or tar(.gz) with "
-                           "train/<class>/*, test/<class>/* (or <class>/*)")
-    to_binary.add_argument("out_dir", metavar="OUT", help="writes OUT/cifar-10-batches-bin/; "
-                           "train with --data_dir OUT")
-    to_binary.add_argument("--test_fraction", "--test-fraction", type=float, default=None,
-                           help="share of the images held out as the test set when SRC has no "
-                           "test/ folder")
-    to_binary.add_argument("--seed", type=int, default=0, help="seed of the record order "
-                           "(default: 0)")
-    to_binary.add_argument("--skip_bad", "--skip-bad", action="store_true",
-                           help="skip unreadable images instead of stopping")
-    args = parser.parse_args(argv)
-    if args.command == "download":
-        batches_dir = prepare(args.data_dir, args.data_url, args.data_sha256)
-        _, num_train = split_files(batches_dir, "train")
-        _, num_test = split_files(batches_dir, "test")
-        print(f"{batches_dir}: {num_train} training and {num_test} test records")
-    else:
-        num_train, num_test, num_bad = convert(args.source, args.out_dir, args.test_fraction,
-                                               args.seed, args.skip_bad)
-        print(f"{os.path.join(args.out_dir, BATCHES_DIR)}: {num_train} training and "
-              f"{num_test} test records" + (f"; {num_bad} bad images skipped" if num_bad else ""))
+    from hvd_cifar import convert  # the converter writes records with this module
+    name, config = parse_subcommand(
+        {"download": (DownloadConfig, "download, verify and extract CIFAR-10"),
+         "convert": (convert.ConvertConfig, "turn a class-folder tree of images into the "
+                     "binary layout")},
+        "python -m hvd_cifar.data", "Prepare CIFAR-10 data in the binary layout.", argv)
+    run_command(lambda: download(config) if name == "download" else convert.run(config))
 
 
 if __name__ == "__main__":
-    run_command(lambda: main(sys.argv[1:]))
+    main()

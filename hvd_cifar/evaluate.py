@@ -11,18 +11,16 @@ import datetime
 import glob
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-import hvd_cifar  # noqa: F401  (quiets TensorFlow's start-up logging before it is imported)
-from hvd_cifar import data, model as model_lib
-from hvd_cifar.config import (ArgumentParser, UserError, fail, flag, parse_into,
-                              positive_int)
-
 import tensorflow as tf
 import horovod.tensorflow as hvd
+
+from hvd_cifar import checkpoint as checkpoint_lib, data
+from hvd_cifar.config import UserError, flag, parse_command, positive_int, run_command
+from hvd_cifar.files import write_atomically
 
 EVAL_BATCH_SIZE = 1000
 
@@ -41,42 +39,6 @@ class EvalConfig:
                                    positive_int)
 
 
-# What TensorFlow raises for a checkpoint that is truncated, corrupt or of another model.
-CHECKPOINT_ERRORS = (ValueError, AssertionError, IndexError, tf.errors.OpError)
-
-
-def restore_checkpoint(checkpoint, path, partial=False):
-    """checkpoint.restore(path), every object of ours matched, or a UserError naming path."""
-    try:
-        status = checkpoint.restore(path)
-        (status.expect_partial() if partial else status).assert_existing_objects_matched()
-    except CHECKPOINT_ERRORS as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
-        raise UserError(f"checkpoint {path} does not fit this model or is damaged ({reason}); "
-                        "use another --train_dir or --fresh") from None
-
-
-def load_averaged_model(checkpoint_path):
-    """The tutorial network holding the checkpoint's moving averages; (model, global_step)."""
-    model = model_lib.inference()
-    averages = [tf.Variable(tf.zeros_like(v)) for v in model.trainable_variables]
-    global_step = tf.Variable(0, dtype=tf.int64)
-    checkpoint = tf.train.Checkpoint(model=model, moving_averages=averages,
-                                     global_step=global_step)
-    restore_checkpoint(checkpoint, checkpoint_path, partial=True)
-    # As cifar10_eval.py restores the shadow variables in place of the trained ones.
-    for variable, average in zip(model.trainable_variables, averages):
-        variable.assign(average)
-    return model, int(global_step.numpy())
-
-
-def latest_checkpoint(checkpoint_dir):
-    path = tf.train.latest_checkpoint(checkpoint_dir)
-    if path is None:
-        raise UserError(f"--checkpoint_dir {checkpoint_dir} holds no checkpoint")
-    return path
-
-
 def confusion_matrix(model, dataset, num_classes):
     """Counts [true class, predicted class] over every example of dataset."""
     counts = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -92,28 +54,25 @@ def summarize(counts, names, global_step, checkpoint_path):
     correct = np.diag(counts)
     per_class_examples = counts.sum(axis=1)
     per_class_predicted = counts.sum(axis=0)
+    recall = {name: float(correct[c] / per_class_examples[c]) if per_class_examples[c] else None
+              for c, name in enumerate(names)}
     return {
         "precision_at_1": float(correct.sum() / total),
         "global_step": global_step,
         "num_examples": total,
         "checkpoint": checkpoint_path,
         "class_names": list(names),
-        # Share of each class's examples ranked first correctly (precision @ 1 within a class).
-        "per_class_precision_at_1": {
-            name: float(correct[c] / per_class_examples[c]) if per_class_examples[c] else None
-            for c, name in enumerate(names)},
+        # Recall: the share of each class's examples that are classified as that class.
+        "per_class_recall": recall,
+        # The same numbers under the key earlier versions wrote (precision @ 1 counted within a
+        # class is that class's recall).
+        "per_class_precision_at_1": recall,
         # Of the examples predicted as a class, the share that belong to it.
         "per_class_precision": {
             name: float(correct[c] / per_class_predicted[c]) if per_class_predicted[c] else None
             for c, name in enumerate(names)},
         "confusion_matrix": counts.tolist(),
     }
-
-
-def write_atomically(path, write):
-    partial = f"{path}.part"
-    write(partial)
-    os.replace(partial, path)
 
 
 def write_json(path, value):
@@ -145,7 +104,7 @@ def plot_confusion(counts, names, title, path):
 
 def evaluate_once(config, checkpoint_path, test_paths, names):
     """Evaluate one checkpoint on every rank's shard; rank 0 gets the summary (others None)."""
-    model, global_step = load_averaged_model(checkpoint_path)
+    model, global_step = checkpoint_lib.load_averaged_model(checkpoint_path)
     # Horovod: rank r evaluates records r, r + size, ...; none dropped, so shards may differ
     # in size and each rank runs its own number of batches before the single all-reduce.
     dataset = data.eval_dataset(test_paths, config.batch_size, num_shards=hvd.size(),
@@ -223,7 +182,7 @@ def evaluate(config):
         evaluate_all(config, test_paths, names)
         return
     if config.run_once:
-        evaluate_once(config, latest_checkpoint(config.checkpoint_dir), test_paths, names)
+        evaluate_once(config, checkpoint_lib.latest(config.checkpoint_dir), test_paths, names)
         return
     eval_dir = config.eval_dir or os.path.join(config.checkpoint_dir, "eval")
     writer = tf.summary.create_file_writer(eval_dir) if hvd.rank() == 0 else None
@@ -243,18 +202,10 @@ def evaluate(config):
 
 
 def main(argv=None):
-    parser = ArgumentParser(prog="python -m hvd_cifar.evaluate",
-                            description="Precision @ 1 of a checkpoint's moving-average "
-                            "weights on the CIFAR-10 test set.")
-    config = parse_into(EvalConfig, parser, argv)
-    try:
-        evaluate(config)
-    except UserError as error:
-        if hvd.is_initialized() and hvd.rank() != 0:
-            sys.exit(1)
-        fail(error)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    config = parse_command(EvalConfig, "python -m hvd_cifar.evaluate",
+                           "Precision @ 1 of a checkpoint's moving-average weights on the "
+                           "CIFAR-10 test set.", argv)
+    run_command(lambda: evaluate(config))
 
 
 if __name__ == "__main__":

@@ -8,18 +8,15 @@ The serving signature takes uint8 images [batch, 32, 32, 3] of any batch size an
 preprocessing (central crop, standardization) is inside. hvd_cifar.predict accepts DIR as its
 --checkpoint_dir.
 """
+import dataclasses
 import os
-import shutil
-import sys
-import tempfile
-
-import hvd_cifar  # noqa: F401  (quiets TensorFlow's start-up logging before it is imported)
-from hvd_cifar import data
-from hvd_cifar.config import ArgumentParser, UserError, run_command
-from hvd_cifar.evaluate import latest_checkpoint, load_averaged_model
-from hvd_cifar.predict import classifier
 
 import tensorflow as tf
+
+from hvd_cifar import checkpoint as checkpoint_lib, data
+from hvd_cifar.config import UserError, flag, parse_command, run_command
+from hvd_cifar.files import staged_folder, write_atomically
+from hvd_cifar.predict import classifier
 
 
 class ServingModel(tf.Module):
@@ -42,53 +39,56 @@ def export(checkpoint_dir, out_dir, class_names):
     """Write the SavedModel to a temporary folder beside out_dir, then rename it into place."""
     if os.path.exists(out_dir):
         raise UserError(f"--out {out_dir} already exists; choose another folder")
-    network, global_step = load_averaged_model(latest_checkpoint(checkpoint_dir))
+    network, global_step = checkpoint_lib.load_averaged_model(
+        checkpoint_lib.latest(checkpoint_dir))
     serving = ServingModel(network, class_names)
-    parent = os.path.dirname(os.path.abspath(out_dir))
     try:
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.")
+        with staged_folder(out_dir) as staging:
+            tf.saved_model.save(serving, staging, signatures={"serving_default": serving.serve})
     except OSError as error:
         raise UserError(f"--out {out_dir}: {error.strerror}") from None
-    try:
-        tf.saved_model.save(serving, staging, signatures={"serving_default": serving.serve})
-        os.chmod(staging, 0o755)
-        os.rename(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return global_step
 
 
 def export_weights(checkpoint_dir, path):
     """The moving-average weights alone, as a Keras HDF5 weights file (what the package ships)."""
-    network, global_step = load_averaged_model(latest_checkpoint(checkpoint_dir))
-    partial = f"{path}.part.h5"
-    network.save_weights(partial)
-    os.replace(partial, path)
+    network, global_step = checkpoint_lib.load_averaged_model(
+        checkpoint_lib.latest(checkpoint_dir))
+    # Keras picks the HDF5 format by the file name's ending.
+    write_atomically(path, network.save_weights, suffix=".part.h5")
     return global_step
 
 
-def main(argv=None):
-    parser = ArgumentParser(prog="python -m hvd_cifar.export",
-                            description="Export moving-average weights as a SavedModel.")
-    parser.add_argument("--checkpoint_dir", "--checkpoint-dir", required=True,
-                        help="train_dir whose newest checkpoint is exported")
-    destination = parser.add_mutually_exclusive_group(required=True)
-    destination.add_argument("--out", help="the SavedModel folder to create")
-    destination.add_argument("--weights", help="write only the moving-average weights to this "
-                             ".h5 file (as shipped in hvd_cifar/weights/)")
-    parser.add_argument("--data_dir", "--data-dir", default="data",
-                        help="class names from its batches.meta.txt when present, else "
-                        "CIFAR-10's (default: data)")
-    args = parser.parse_args(argv)
-    if args.weights:
-        step = export_weights(args.checkpoint_dir, args.weights)
-        print(f"{args.weights}: moving-average weights of step {step}")
+@dataclasses.dataclass
+class ExportConfig:
+    checkpoint_dir: str = flag(None, "train_dir whose newest checkpoint is exported "
+                               "(required)", str)
+    out: str = flag(None, "the SavedModel folder to create", str)
+    weights: str = flag(None, "write only the moving-average weights to this .h5 file (as "
+                        "shipped in hvd_cifar/weights/) instead of --out", str)
+    data_dir: str = flag("data", "class names from its batches.meta.txt when present, else "
+                         "CIFAR-10's")
+
+
+def run(config):
+    if config.checkpoint_dir is None:
+        raise UserError("--checkpoint_dir is required")
+    if (config.out is None) == (config.weights is None):
+        raise UserError("give one of --out DIR (a SavedModel) or --weights FILE.h5")
+    if config.weights:
+        step = export_weights(config.checkpoint_dir, config.weights)
+        print(f"{config.weights}: moving-average weights of step {step}")
         return
-    names = data.class_names(os.path.join(args.data_dir, data.BATCHES_DIR))
-    step = export(args.checkpoint_dir, args.out, names)
-    print(f"{args.out}: SavedModel of step {step} ({len(names)} classes)")
+    names = data.class_names(os.path.join(config.data_dir, data.BATCHES_DIR))
+    step = export(config.checkpoint_dir, config.out, names)
+    print(f"{config.out}: SavedModel of step {step} ({len(names)} classes)")
+
+
+def main(argv=None):
+    config = parse_command(ExportConfig, "python -m hvd_cifar.export",
+                           "Export moving-average weights as a SavedModel.", argv)
+    run_command(lambda: run(config))
 
 
 if __name__ == "__main__":
-    run_command(lambda: main(sys.argv[1:]))
+    main()

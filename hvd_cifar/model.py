@@ -4,10 +4,11 @@ conv1 -> pool1 -> norm1 -> conv2 -> norm2 -> pool2 -> local3 -> local4 -> softma
 The model returns logits; the loss adds the weight decay of local3 and local4 (model.losses).
 Nothing here is distributed: train.py wraps it for Horovod.
 """
-import argparse
+import dataclasses
 
 import tensorflow as tf
 
+from hvd_cifar.config import flag, parse_command, run_command
 from hvd_cifar.data import IMAGE_SIZE, NUM_CLASSES
 
 # Weight decay on the fully connected layers, as the tutorial's _variable_with_weight_decay.
@@ -96,12 +97,15 @@ def loss(model, logits, labels):
     return cross_entropy + tf.add_n(model.losses)
 
 
-def main():
-    parser = argparse.ArgumentParser(prog="python -m hvd_cifar.model",
-                                     description="Print the tutorial CNN's Keras summary.")
-    parser.add_argument("--use_fp16", action="store_true", help="mixed_float16 compute")
-    args = parser.parse_args()
-    inference(args.use_fp16).summary()
+@dataclasses.dataclass
+class SummaryConfig:
+    use_fp16: bool = flag(False, "mixed_float16 compute")
+
+
+def main(argv=None):
+    config = parse_command(SummaryConfig, "python -m hvd_cifar.model",
+                           "Print the tutorial CNN's Keras summary.", argv)
+    run_command(lambda: inference(config.use_fp16).summary())
 
 
 if __name__ == "__main__":

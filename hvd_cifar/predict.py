@@ -7,17 +7,17 @@ hvd_cifar.export; without it, the weights shipped in the package (hvd_cifar/weig
 PNG or JPEG is resized to 32x32 when needed, then preprocessed as the eval pipeline does
 (central 24x24 crop, standardization). Prints `IMAGE: label (probability)` a line.
 """
+import dataclasses
 import json
 import os
 import sys
 
 import numpy as np
-
-import hvd_cifar  # noqa: F401  (quiets TensorFlow's start-up logging before it is imported)
-from hvd_cifar import data, model as model_lib
-from hvd_cifar.config import ArgumentParser, UserError, positive_int, run_command
-
 import tensorflow as tf
+
+from hvd_cifar import checkpoint as checkpoint_lib, data, model as model_lib
+from hvd_cifar.config import UserError, argument, flag, parse_command, positive_int, run_command
+from hvd_cifar.convert import decode_to_cifar
 
 SHIPPED_WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 SHIPPED_WEIGHTS = os.path.join(SHIPPED_WEIGHTS_DIR, "cifar10_moving_averages.h5")
@@ -50,8 +50,7 @@ def load_classifier(checkpoint_dir):
             raise UserError(f"{checkpoint_dir}: cannot load the SavedModel ({error})") from None
         names = [n.decode() for n in exported.class_names.numpy()]
         return (lambda images: exported.serve(images)["probabilities"]), names
-    from hvd_cifar.evaluate import latest_checkpoint, load_averaged_model
-    network, _ = load_averaged_model(latest_checkpoint(checkpoint_dir))
+    network, _ = checkpoint_lib.load_averaged_model(checkpoint_lib.latest(checkpoint_dir))
     return classifier(network), None
 
 
@@ -63,30 +62,27 @@ def read_image(path):
     except OSError as error:
         raise UserError(f"{path}: {error.strerror}") from None
     try:
-        return data.decode_to_cifar(raw)
+        return decode_to_cifar(raw)
     except Exception as error:  # PIL raises many kinds for a file that is not an image
         raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None
 
 
-def main(argv=None):
-    parser = ArgumentParser(prog="python -m hvd_cifar.predict",
-                            description="Classify PNG/JPEG images with a trained network.")
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
-    parser.add_argument("--checkpoint_dir", "--checkpoint-dir", default=None,
-                        help="a train_dir or an exported SavedModel (default: the weights "
-                        "shipped in the package)")
-    parser.add_argument("--data_dir", "--data-dir", default="data",
-                        help="class names come from its cifar-10-batches-bin/batches.meta.txt "
-                        "when present, else CIFAR-10's (default: data)")
-    parser.add_argument("--top_k", "--top-k", type=positive_int, default=1,
-                        help="how many classes to list an image (default: 1)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
-    args = parser.parse_args(argv)
+@dataclasses.dataclass
+class PredictConfig:
+    images: list = argument("PNG or JPEG files to classify", nargs="+", metavar="IMAGE")
+    checkpoint_dir: str = flag(None, "a train_dir or an exported SavedModel (default: the "
+                               "weights shipped in the package)", str)
+    data_dir: str = flag("data", "class names come from its cifar-10-batches-bin/"
+                         "batches.meta.txt when present, else CIFAR-10's")
+    top_k: int = flag(1, "how many classes to list an image", positive_int)
+    json: bool = flag(False, "print one JSON object instead")
 
-    probabilities_of, names = load_classifier(args.checkpoint_dir)
-    names = names or data.class_names(os.path.join(args.data_dir, data.BATCHES_DIR))
+
+def predict(config):
+    probabilities_of, names = load_classifier(config.checkpoint_dir)
+    names = names or data.class_names(os.path.join(config.data_dir, data.BATCHES_DIR))
     readable, failures = [], 0
-    for path in args.images:
+    for path in config.images:
         try:
             readable.append((path, read_image(path)))
         except UserError as error:
@@ -96,9 +92,9 @@ def main(argv=None):
     if readable:
         probabilities = probabilities_of(tf.constant(np.stack([p for _, p in readable])))
         for (path, _), row in zip(readable, np.asarray(probabilities)):
-            best = np.argsort(-row)[:args.top_k]
+            best = np.argsort(-row)[:config.top_k]
             results[path] = [{"label": names[i], "probability": float(row[i])} for i in best]
-    if args.json:
+    if config.json:
         print(json.dumps(results, indent=1))
     else:
         for path, ranked in results.items():
@@ -108,5 +104,11 @@ def main(argv=None):
         sys.exit(1)
 
 
+def main(argv=None):
+    config = parse_command(PredictConfig, "python -m hvd_cifar.predict",
+                           "Classify PNG/JPEG images with a trained network.", argv)
+    run_command(lambda: predict(config))
+
+
 if __name__ == "__main__":
-    run_command(lambda: main(sys.argv[1:]))
+    main()

@@ -17,8 +17,7 @@ hosts_file=${1:?$usage}
 min_np=${2:?$usage}
 max_np=${3:?$usage}
 shift 3
-repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=${VENV_BIN:-$repo_root/.venv/bin}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 python=${PYTHON:-$bin/python}
 for number in "$min_np" "$max_np"; do
   if ! [[ "$number" =~ ^[1-9][0-9]*$ ]]; then

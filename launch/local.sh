@@ -5,11 +5,10 @@
 #   launch/local.sh -np 2 --max_steps 1000 --data_dir data
 #
 # The controller is Open MPI unless HVD_CONTROLLER=gloo: with the trainer's default
-# OMPI_MCA_mpi_yield_when_idle=1 on CPU ranks it was the faster one here (make bench, 2 ranks x
-# 128 on 2 cores: 1,405 img/s with MPI, 1,080 with Gloo); on GPU hosts NCCL moves the gradients.
+# OMPI_MCA_mpi_yield_when_idle=1 on CPU ranks it is the faster one (docs/results/benchmark.md);
+# on GPU hosts NCCL moves the gradients either way.
 set -euo pipefail
-repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=${VENV_BIN:-$repo_root/.venv/bin}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 controller=${HVD_CONTROLLER:-mpi}
 
 gpus=0
@@ -28,9 +27,6 @@ fi
 if (( gpus > 0 && ranks > gpus )); then
   echo "hvd_cifar: error: -np $ranks is more than the $gpus GPUs of this host" >&2
   exit 2
-fi
-if [ "$(id -u)" = 0 ]; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
 echo "launch/local.sh: $ranks ranks on $(hostname) ($([ "$gpus" -gt 0 ] && echo "$gpus GPUs" || echo CPU)), $controller controller"
 exec "$bin/horovodrun" -np "$ranks" -H "localhost:$ranks" "--$controller" \

@@ -12,8 +12,7 @@
 set -euo pipefail
 hostfile=${1:?usage: launch/multinode.sh HOSTFILE [train flags...]}
 shift
-repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=${VENV_BIN:-$repo_root/.venv/bin}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 python=${PYTHON:-$bin/python}
 controller=${HVD_CONTROLLER:-gloo}
 
@@ -32,9 +31,6 @@ if [ -n "${NETWORK_INTERFACE:-}" ]; then
 fi
 if [ "$controller" = mpi ] && [ -n "${MPI_ARGS:-}" ]; then
   options+=(--mpi-args="$MPI_ARGS")
-fi
-if [ "$(id -u)" = 0 ]; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
 echo "launch/multinode.sh: $ranks ranks on the hosts of $hostfile, $controller controller"
 exec "$bin/horovodrun" "${options[@]}" "$python" -m hvd_cifar.train "$@"

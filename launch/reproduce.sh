@@ -18,14 +18,12 @@ eval_every=${EVAL_EVERY:-1000}
 global_batch=${GLOBAL_BATCH:-128}
 controller=${HVD_CONTROLLER:-mpi}
 out=${OUT:-runs/reproduce-np$ranks-b$global_batch}
-repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=${VENV_BIN:-$repo_root/.venv/bin}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 if (( global_batch % ranks )); then
   echo "reproduce: error: GLOBAL_BATCH $global_batch does not split over RANKS $ranks" >&2
   exit 2
 fi
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mkdir -p "$out"
 [ -d "$out/data/cifar-10-batches-bin" ] || "$bin/python" -m hvd_cifar.data convert "$data" "$out/data"
 "$bin/horovodrun" -np "$ranks" "--$controller" "$bin/python" -m hvd_cifar.train \

@@ -1,5 +1,6 @@
 """Shared test helpers: CIFAR-format fixtures on disk and real subprocess launches."""
 import contextlib
+import glob
 import os
 import re
 import signal
@@ -140,3 +141,15 @@ def trainer_pids(train_dir, environment_entry):
                 and environment_entry.encode() in environment):
             pids.append(int(pid))
     return pids
+
+
+def scalars(train_dir, tag):
+    """{step: value} of a TensorBoard scalar in train_dir's (single) events file."""
+    import tensorflow as tf  # only the tests that read events pay for importing it
+    values = {}
+    for path in glob.glob(os.path.join(train_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import horovod.tensorflow as hvd
-from hvd_cifar.train import Trainer, TrainConfig
+from hvd_cifar.trainer import Trainer, TrainerConfig
 
 parser = argparse.ArgumentParser()
 parser.add_argument("out")
@@ -25,8 +25,8 @@ args = parser.parse_args()
 
 hvd.init()
 tf.keras.utils.set_random_seed(1)
-config = TrainConfig(batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.0, max_lr=0.0,
-                     backward_passes_per_step=args.passes)
+config = TrainerConfig(batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.0, max_lr=0.0,
+                       backward_passes_per_step=args.passes)
 trainer = Trainer(config, hvd.size(), steps_per_epoch=100)
 hvd.broadcast_variables(trainer.state_variables(), root_rank=0)
 

@@ -13,7 +13,7 @@ SHORT = ("--json", "--steps", 3, "--warmup_steps", 1, "--batch_size", 32)
 FIELDS = ("ranks", "batch_size", "images_per_sec", "images_per_sec_per_rank",
           "step_time_ms_median", "step_time_ms_p90", "input_images_per_sec",
           "allreduce_fraction", "flops_per_image", "gflops", "ceiling_gflops")
-SUITE = os.path.join(REPO_ROOT, "launch", "bench_suite.py")
+SUITE = os.path.join(REPO_ROOT, "tools", "bench_suite.py")
 # The tutorial net's multiply-adds for one 24x24x3 image: conv1, conv2, local3, local4, softmax.
 FORWARD_MULTIPLY_ADDS = (24 * 24 * 64 * 5 * 5 * 3 + 12 * 12 * 64 * 5 * 5 * 64 + 2304 * 384 +
                          384 * 192 + 192 * 10)

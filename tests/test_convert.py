@@ -5,7 +5,7 @@ import tarfile
 import pytest
 from PIL import Image
 
-from hvd_cifar import data
+from hvd_cifar import convert, data
 from hvd_cifar.config import UserError
 from helpers import assert_one_line_error, python_module, random_images
 
@@ -53,12 +53,12 @@ def test_a_png_tree_round_trips_with_labels_from_the_folder_names(tmp_path):
 def test_the_record_order_is_shuffled_by_the_seed(tmp_path):
     make_tree(tmp_path / "src", per_class_train=10)
     for seed in (1, 2):
-        data.convert(str(tmp_path / "src"), str(tmp_path / f"out{seed}"), seed=seed)
+        convert.convert(str(tmp_path / "src"), str(tmp_path / f"out{seed}"), seed=seed)
     labels = [[label for _, label in read_split(str(tmp_path / f"out{seed}" / data.BATCHES_DIR),
                                                 data.TRAIN_FILES)] for seed in (1, 2)]
     assert labels[0] != labels[1]
     assert labels[0] != sorted(labels[0])  # classes are mixed, not in folder order
-    data.convert(str(tmp_path / "src"), str(tmp_path / "again"), seed=1)
+    convert.convert(str(tmp_path / "src"), str(tmp_path / "again"), seed=1)
     assert labels[0] == [label for _, label in read_split(
         str(tmp_path / "again" / data.BATCHES_DIR), data.TRAIN_FILES)]
 
@@ -72,7 +72,7 @@ def test_other_sizes_are_resized_and_a_tar_with_a_top_folder_works(tmp_path):
     Image.new("RGB", (32, 32), (0, 0, 255)).save(tmp_path / "set" / "train" / "dog" / "c.png")
     with tarfile.open(tmp_path / "set.tar.gz", "w:gz") as tar:
         tar.add(tmp_path / "set", arcname="set")
-    counts = data.convert(str(tmp_path / "set.tar.gz"), str(tmp_path / "out"),
+    counts = convert.convert(str(tmp_path / "set.tar.gz"), str(tmp_path / "out"),
                           test_fraction=0.34, seed=0)
     assert counts == (2, 1, 0)
     records = read_split(str(tmp_path / "out" / data.BATCHES_DIR),
@@ -106,13 +106,13 @@ def test_skip_bad_skips_them_and_says_how_many(tmp_path):
 def test_a_tree_without_test_folder_needs_a_test_fraction(tmp_path):
     make_tree(tmp_path / "src", per_class_test=0)
     with pytest.raises(UserError, match="has no test/ folder: pass --test_fraction"):
-        data.convert(str(tmp_path / "src"), str(tmp_path / "out"))
-    assert data.convert(str(tmp_path / "src"), str(tmp_path / "out"),
+        convert.convert(str(tmp_path / "src"), str(tmp_path / "out"))
+    assert convert.convert(str(tmp_path / "src"), str(tmp_path / "out"),
                         test_fraction=0.25) == (9, 3, 0)
 
 
 def test_existing_output_is_never_overwritten(tmp_path):
     make_tree(tmp_path / "src")
-    data.convert(str(tmp_path / "src"), str(tmp_path / "out"))
+    convert.convert(str(tmp_path / "src"), str(tmp_path / "out"))
     with pytest.raises(UserError, match="already exists"):
-        data.convert(str(tmp_path / "src"), str(tmp_path / "out"))
+        convert.convert(str(tmp_path / "src"), str(tmp_path / "out"))

@@ -12,9 +12,8 @@ import tensorflow as tf
 from PIL import Image
 
 from hvd_cifar import data, model as model_lib
-from helpers import (ENV, REPO_ROOT, assert_one_line_error, horovodrun, python_module,
+from helpers import (ENV, REPO_ROOT, assert_one_line_error, horovodrun, python_module, scalars,
                      write_cifar_dir)
-from test_train_distributed import scalars
 
 NUM_TEST = 23  # divides neither the eval batch (10) nor the ranks (2)
 CLASS_NAMES = [f"class{i}" for i in range(10)]

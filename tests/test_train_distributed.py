@@ -6,9 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from helpers import (BIN, REPO_ROOT, assert_one_line_error, horovodrun, python_module, run,
+from helpers import (BIN, scalars, REPO_ROOT, assert_one_line_error, horovodrun, python_module, run,
                      weights_digests)
 
 pytestmark = pytest.mark.distributed
@@ -29,17 +28,6 @@ def rank_of(line):
     """The rank horovodrun tags an output line with: `[0]<stdout>:` (Gloo), `[1,0]<stdout>:`
     (Open MPI: job, rank)."""
     return int(re.match(r"\[(?:\d+,)?(\d+)\]", line).group(1))
-
-
-def scalars(train_dir, tag):
-    """{step: value} of a TensorBoard scalar in train_dir's (single) events file."""
-    values = {}
-    for path in glob.glob(os.path.join(train_dir, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    values[event.step] = float(tf.make_ndarray(value.tensor))
-    return values
 
 
 @pytest.mark.parametrize("controller", ["gloo", "mpi"])

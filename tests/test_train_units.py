@@ -9,10 +9,9 @@ import sys
 import pytest
 import tensorflow as tf
 
-from hvd_cifar import train
+from hvd_cifar import distributed, trainer as trainer_lib
 from hvd_cifar.config import UserError
-from helpers import ENV, REPO_ROOT, python_module
-from test_train_distributed import scalars
+from helpers import ENV, REPO_ROOT, python_module, scalars
 
 
 class FakeGPU:
@@ -38,7 +37,7 @@ def fake_gpus(monkeypatch):
 
 @pytest.mark.parametrize("local_rank", [0, 3])
 def test_each_rank_sees_only_the_gpu_of_its_local_rank_with_memory_growth(fake_gpus, local_rank):
-    assert train.pin_devices(local_rank, 4) == f"GPU:{local_rank}"
+    assert distributed.pin_devices(local_rank, 4) == f"GPU:{local_rank}"
     assert fake_gpus["visible"] == [(f"/physical_device:GPU:{local_rank}", "GPU")]
     assert fake_gpus["growth"] == [(f"/physical_device:GPU:{i}", True) for i in range(4)]
     assert fake_gpus["threads"] == []
@@ -47,7 +46,7 @@ def test_each_rank_sees_only_the_gpu_of_its_local_rank_with_memory_growth(fake_g
 def test_more_ranks_than_gpus_is_a_clear_error(fake_gpus):
     with pytest.raises(UserError, match="local rank 5 has no GPU: this host shows 4 GPUs but "
                        "runs 6 ranks"):
-        train.pin_devices(5, 6)
+        distributed.pin_devices(5, 6)
 
 
 YIELD = "OMPI_MCA_mpi_yield_when_idle"
@@ -56,40 +55,40 @@ YIELD = "OMPI_MCA_mpi_yield_when_idle"
 def test_cpu_ranks_make_open_mpi_yield_unless_told_otherwise(monkeypatch):
     for name in (YIELD, "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"):
         monkeypatch.delenv(name, raising=False)
-    train.set_launch_defaults()
+    distributed.set_launch_defaults()
     assert os.environ[YIELD] == "1"
     monkeypatch.setenv(YIELD, "0")  # the user's choice wins
-    train.set_launch_defaults()
+    distributed.set_launch_defaults()
     assert os.environ[YIELD] == "0"
 
 
 def test_gpu_ranks_keep_open_mpi_polling(fake_gpus, monkeypatch):
     for name in (YIELD, "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"):
         monkeypatch.delenv(name, raising=False)
-    train.set_launch_defaults()
+    distributed.set_launch_defaults()
     assert YIELD not in os.environ
-    assert os.environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == train.STALL_SHUTDOWN_SECONDS
+    assert os.environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == distributed.STALL_SHUTDOWN_SECONDS
 
 
 @pytest.mark.parametrize("local_size, cores, threads", [(1, 2, 2), (2, 2, 1), (4, 16, 4),
                                                          (3, 2, 1)])
 def test_cpu_ranks_on_one_host_split_its_cores(local_size, cores, threads):
-    assert train.plan_devices([], 0, local_size, cores) == (None, threads)
+    assert distributed.plan_devices([], 0, local_size, cores) == (None, threads)
 
 
 def config(**overrides):
-    return train.TrainConfig(**{"max_lr": 0.0, **overrides})
+    return trainer_lib.TrainerConfig(**{"max_lr": 0.0, **overrides})
 
 
 @pytest.mark.parametrize("size", [1, 2, 8, 64])
 def test_linear_sqrt_and_no_scaling(size):
-    assert train.scaled_learning_rate(0.1, size, "linear", 0)[0] == pytest.approx(0.1 * size)
-    assert train.scaled_learning_rate(0.1, size, "sqrt", 0)[0] == pytest.approx(0.1 * size ** .5)
-    assert train.scaled_learning_rate(0.1, size, "none", 0)[0] == pytest.approx(0.1)
+    assert trainer_lib.scaled_learning_rate(0.1, size, "linear", 0)[0] == pytest.approx(0.1 * size)
+    assert trainer_lib.scaled_learning_rate(0.1, size, "sqrt", 0)[0] == pytest.approx(0.1 * size ** .5)
+    assert trainer_lib.scaled_learning_rate(0.1, size, "none", 0)[0] == pytest.approx(0.1)
 
 
 def test_warm_up_is_linear_from_lr_to_lr_times_size_then_flat():
-    schedule, rule = train.learning_rate_schedule(config(warmup_epochs=5.0), 2, 10)
+    schedule, rule = trainer_lib.learning_rate_schedule(config(warmup_epochs=5.0), 2, 10)
     assert schedule.warmup_steps == 50 and rule == "linear scaling: 0.1 x 2"
     assert float(schedule(0)) == pytest.approx(0.1)
     assert float(schedule(25)) == pytest.approx(0.15)
@@ -99,14 +98,14 @@ def test_warm_up_is_linear_from_lr_to_lr_times_size_then_flat():
 
 
 def test_warm_up_defaults_to_5_epochs_with_several_ranks_and_none_alone():
-    assert train.learning_rate_schedule(config(), 2, 10)[0].warmup_steps == 50
-    assert train.learning_rate_schedule(config(), 1, 10)[0].warmup_steps == 0
+    assert trainer_lib.learning_rate_schedule(config(), 2, 10)[0].warmup_steps == 50
+    assert trainer_lib.learning_rate_schedule(config(), 1, 10)[0].warmup_steps == 0
 
 
 @pytest.mark.parametrize("size", [1, 2, 8])
 def test_the_decay_falls_at_epoch_350_whatever_the_number_of_ranks(size):
     steps_per_epoch = 50_000 // (128 * size)
-    schedule, _ = train.learning_rate_schedule(config(), size, steps_per_epoch)
+    schedule, _ = trainer_lib.learning_rate_schedule(config(), size, steps_per_epoch)
     boundary = 350 * steps_per_epoch
     peak = 0.1 * size
     assert float(schedule(boundary - 1)) == pytest.approx(peak)
@@ -153,16 +152,16 @@ def test_a_terminal_gets_a_progress_bar_and_the_log_file_gets_the_lines(tmp_path
 
 
 def test_backward_passes_count_as_workers_for_the_rate_and_the_warm_up():
-    schedule, rule = train.learning_rate_schedule(config(backward_passes_per_step=4), 2, 10)
+    schedule, rule = trainer_lib.learning_rate_schedule(config(backward_passes_per_step=4), 2, 10)
     assert rule == "linear scaling: 0.1 x 8" and schedule.peak_lr == pytest.approx(0.8)
     assert schedule.warmup_steps == 50
-    alone, _ = train.learning_rate_schedule(config(backward_passes_per_step=2), 1, 10)
+    alone, _ = trainer_lib.learning_rate_schedule(config(backward_passes_per_step=2), 1, 10)
     assert alone.peak_lr == pytest.approx(0.2) and alone.warmup_steps == 50
 
 
 @pytest.mark.parametrize("size, rate", [(1, 0.1), (2, 0.2), (8, 0.3), (64, 0.3)])
 def test_the_default_policy_is_linear_scaling_capped_at_0_3(size, rate):
-    schedule, rule = train.learning_rate_schedule(train.TrainConfig(), size, 100)
+    schedule, rule = trainer_lib.learning_rate_schedule(trainer_lib.TrainerConfig(), size, 100)
     assert schedule.peak_lr == pytest.approx(rate)
     assert rule.startswith(f"linear scaling: 0.1 x {size}")
     assert ("capped by --max_lr 0.3" in rule) == (size > 3)
@@ -171,7 +170,7 @@ def test_the_default_policy_is_linear_scaling_capped_at_0_3(size, rate):
 @pytest.mark.parametrize("scaling, size, rate", [("sqrt", 64, 0.3), ("sqrt", 4, 0.2),
                                                   ("none", 64, 0.1)])
 def test_the_cap_applies_to_every_rule(scaling, size, rate):
-    peak, _ = train.scaled_learning_rate(0.1, size, scaling, 0.3)
+    peak, _ = trainer_lib.scaled_learning_rate(0.1, size, scaling, 0.3)
     assert peak == pytest.approx(rate)
 
 
@@ -183,11 +182,11 @@ class FakeTrainer:
 
 
 def test_the_loss_guard_ignores_warm_up_and_stops_an_explosion_after_it():
-    train.check_loss(50.0, 2.0, step=100, trainer=FakeTrainer())    # still warming up
-    train.check_loss(7.9, 2.0, step=101, trainer=FakeTrainer())     # under 4x
+    trainer_lib.check_loss(50.0, 2.0, step=100, trainer=FakeTrainer())    # still warming up
+    trainer_lib.check_loss(7.9, 2.0, step=101, trainer=FakeTrainer())     # under 4x
     with pytest.raises(UserError, match=r"loss exploded to 8.1 at step 101, 4.0x its running "
                        r"mean 2 \(learning rate 0.8, linear scaling: 0.1 x 8 = 0.8\); lower "
                        "--max_lr or use --lr_scaling sqrt"):
-        train.check_loss(8.1, 2.0, step=101, trainer=FakeTrainer())
+        trainer_lib.check_loss(8.1, 2.0, step=101, trainer=FakeTrainer())
     with pytest.raises(UserError, match="loss is nan at step 5: training diverged"):
-        train.check_loss(float("nan"), None, step=5, trainer=FakeTrainer())
+        trainer_lib.check_loss(float("nan"), None, step=5, trainer=FakeTrainer())

@@ -1,6 +1,6 @@
 """The per-step costs around the network's compute, interleaved in one process (1 thread).
 
-    .venv/bin/python docs/results/step_overhead_ab.py [ROUNDS]
+    .venv/bin/python tools/step_overhead_ab.py [ROUNDS]
 
 Times, at batch 128 on synthetic data: the trainer's step (one compiled call a pass), the
 earlier three calls a step (rate, pass, step count and averages), the step without the moving
@@ -15,16 +15,16 @@ import time
 import horovod.tensorflow as hvd
 import tensorflow as tf
 
-from hvd_cifar import data, model as model_lib, train
+from hvd_cifar import data, model as model_lib
+from hvd_cifar.trainer import Trainer, TrainerConfig
 
 BATCH = 128
 hvd.init()  # a one-rank job: the all-reduce is skipped, as at np=1
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
-trainer = train.Trainer(train.TrainConfig(batch_size=BATCH, synthetic=True, lr_scaling="none"),
-                        1, steps_per_epoch=1)
-xla_trainer = train.Trainer(train.TrainConfig(batch_size=BATCH, synthetic=True, lr_scaling="none",
-                                              xla="on"), 1, steps_per_epoch=1)
+trainer = Trainer(TrainerConfig(batch_size=BATCH, lr_scaling="none"), 1, steps_per_epoch=1)
+xla_trainer = Trainer(TrainerConfig(batch_size=BATCH, lr_scaling="none", xla="on"), 1,
+                      steps_per_epoch=1)
 batches = iter(data.synthetic_dataset(BATCH, 0))
 
 

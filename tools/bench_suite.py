@@ -1,6 +1,6 @@
 """`make bench`: hvd_cifar against what a user would run instead, in one go on one machine.
 
-    python launch/bench_suite.py [--out bench] [--steps 100] [--repeats 3] [--batch_size 128]
+    python tools/bench_suite.py [--out bench] [--steps 100] [--repeats 3] [--batch_size 128]
 
 Runs python -m hvd_cifar.bench for (a) plain Keras model.fit, (b) hvd_cifar alone, (c) hvd_cifar
 under horovodrun -np 2 with Gloo and with MPI, and (d) tf.distribute's
@@ -26,7 +26,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 RUN_TIMEOUT_SECONDS = 900
 JSON_START = '{"framework"'
-# The issue's targets on a 2-core CPU machine: (ratio name, minimum, what it compares).
+# The targets on a 2-core CPU machine: (ratio name, minimum, what it compares).
 TARGETS = (
     ("np1_over_keras", 0.97, "hvd_cifar np=1 / plain Keras model.fit"),
     ("np2_mpi_over_np1", 0.95, "hvd_cifar np=2 MPI, the default (total) / np=1"),

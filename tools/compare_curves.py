@@ -1,6 +1,6 @@
 """Put the learning curves of several runs side by side: one PNG and one Markdown table.
 
-    python launch/compare_curves.py OUT_PREFIX LABEL=TRAIN_DIR:GLOBAL_BATCH ...
+    python tools/compare_curves.py OUT_PREFIX LABEL=TRAIN_DIR:GLOBAL_BATCH ...
 
 Each TRAIN_DIR holds the eval_curve.json of `python -m hvd_cifar.evaluate --all_checkpoints`.
 Curves are drawn against images seen (steps x global batch), so runs of different global

@@ -1,0 +1,149 @@
+"""Image folders -> the CIFAR-10 binary layout, and any image file -> the 32x32 RGB the network
+reads (used by predict too).
+
+    python -m hvd_cifar.data convert SRC OUT [--test_fraction F] [--seed S] [--skip_bad]
+"""
+import dataclasses
+import io
+import os
+import sys
+import tarfile
+
+import numpy as np
+from PIL import Image
+
+from hvd_cifar.config import UserError, argument, flag
+from hvd_cifar.data import (BATCHES_DIR, META_FILE, NUM_CLASSES, ORIGINAL_SIZE, TEST_FILES,
+                            TRAIN_FILES, write_records)
+from hvd_cifar.files import staged_folder
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def list_image_tree(source):
+    """{split: [(class name, file name)]} of a class-folder tree, from a folder or a tar file.
+
+    Layouts: SRC/train/<class>/*, SRC/test/<class>/* (test/ may be missing), or SRC/<class>/*;
+    a tar archive may wrap the tree in one top folder.
+    """
+    if os.path.isdir(source):
+        names = [os.path.relpath(os.path.join(folder, f), source)
+                 for folder, _, files in os.walk(source) for f in files]
+    elif os.path.isfile(source) and tarfile.is_tarfile(source):
+        with tarfile.open(source) as tar:
+            names = [member.name for member in tar.getmembers() if member.isfile()]
+    else:
+        raise UserError(f"{source}: neither a folder nor a tar archive of images")
+    names = [name for name in names if name.lower().endswith(IMAGE_SUFFIXES)]
+    parts = [name.split("/") for name in names]
+    tops = {p[0] for p in parts}
+    wrapped = len(tops) == 1 and all(len(p) >= 3 for p in parts) and not tops & {"train", "test"}
+    tree = {"train": [], "test": []}
+    for name, path in zip(names, parts):
+        path = path[1:] if wrapped else path
+        if len(path) == 3 and path[0] in tree:
+            tree[path[0]].append((path[1], name))
+        elif len(path) == 2:
+            tree["train"].append((path[0], name))
+    if not tree["train"]:
+        raise UserError(f"{source}: no images in class folders (expected "
+                        "train/<class>/*.png|jpg, test/<class>/*, or <class>/*)")
+    return tree
+
+
+def image_bytes(source, wanted):
+    """(name, bytes) for every name in wanted: a tar archive in one pass in its own order
+    (a .tar.gz cannot seek cheaply), a folder file by file."""
+    if os.path.isdir(source):
+        for name in wanted:
+            with open(os.path.join(source, name), "rb") as f:
+                yield name, f.read()
+        return
+    with tarfile.open(source) as tar:
+        for member in tar:
+            if member.name in wanted:
+                yield member.name, tar.extractfile(member).read()
+
+
+def decode_to_cifar(raw):
+    """Any PIL-readable image -> uint8 32x32x3 (resized with antialiasing when it is not)."""
+    with Image.open(io.BytesIO(raw)) as image:
+        image = image.convert("RGB")
+        if image.size != (ORIGINAL_SIZE, ORIGINAL_SIZE):
+            image = image.resize((ORIGINAL_SIZE, ORIGINAL_SIZE), Image.Resampling.LANCZOS)
+        return np.asarray(image, dtype=np.uint8)
+
+
+def convert(source, out_dir, test_fraction=None, seed=0, skip_bad=False):
+    """Write out_dir/cifar-10-batches-bin from a class-folder tree; (train, test) counts.
+
+    Nothing is written unless every image decodes (or skip_bad is set): the folder appears by
+    one rename of a complete staging copy."""
+    tree = list_image_tree(source)
+    class_list = sorted({name for name, _ in tree["train"]})
+    if len(class_list) > NUM_CLASSES:
+        raise UserError(f"{source}: {len(class_list)} classes; the network has "
+                        f"{NUM_CLASSES} outputs")
+    unknown = sorted({name for name, _ in tree["test"]} - set(class_list))
+    if unknown:
+        raise UserError(f"{source}: test classes {unknown} have no training images")
+    rng = np.random.default_rng(seed)
+    if not tree["test"]:
+        if not test_fraction:
+            raise UserError(f"{source} has no test/ folder: pass --test_fraction (e.g. 0.1)")
+        order = rng.permutation(len(tree["train"]))
+        num_test = int(round(test_fraction * len(order)))
+        tree = {"test": [tree["train"][i] for i in order[:num_test]],
+                "train": [tree["train"][i] for i in order[num_test:]]}
+    destination = os.path.join(out_dir, BATCHES_DIR)
+    if os.path.exists(destination):
+        raise UserError(f"{destination} already exists; remove it or choose another OUT")
+
+    pixels, bad = {}, []
+    wanted = {name for members in tree.values() for _, name in members}
+    for name, raw in image_bytes(source, wanted):
+        try:
+            pixels[name] = decode_to_cifar(raw)
+        except Exception as error:  # PIL raises many kinds for a bad file
+            bad.append(f"{name} ({type(error).__name__}: {error})")
+    decoded = {split: ([pixels[name] for _, name in members if name in pixels],
+                       [class_list.index(c) for c, name in members if name in pixels])
+               for split, members in tree.items()}
+    for line in bad:
+        print(f"hvd_cifar: bad image: {line}", file=sys.stderr)
+    if bad and not skip_bad:
+        raise UserError(f"{len(bad)} images in {source} cannot be read (listed above); fix "
+                        "them or pass --skip_bad; nothing was written")
+
+    with staged_folder(destination) as staging:
+        for split, files in (("train", TRAIN_FILES), ("test", TEST_FILES)):
+            images, labels = decoded[split]
+            if not images:
+                raise UserError(f"{source}: no readable {split} images")
+            images, labels = np.stack(images), np.asarray(labels)
+            order = rng.permutation(len(images))  # mixed classes, as in the real batch files
+            for name, part in zip(files, np.array_split(order, len(files))):
+                write_records(os.path.join(staging, name), images[part], labels[part])
+        with open(os.path.join(staging, META_FILE), "w") as f:
+            f.write("\n".join(class_list) + "\n")
+    return len(decoded["train"][0]), len(decoded["test"][0]), len(bad)
+
+
+@dataclasses.dataclass
+class ConvertConfig:
+    source: str = argument("folder or tar(.gz) with train/<class>/*, test/<class>/* "
+                           "(or <class>/*)", metavar="SRC")
+    out_dir: str = argument("writes OUT/cifar-10-batches-bin/; train with --data_dir OUT",
+                            metavar="OUT")
+    test_fraction: float = flag(None, "share of the images held out as the test set when SRC "
+                                "has no test/ folder", float)
+    seed: int = flag(0, "seed of the record order")
+    skip_bad: bool = flag(False, "skip unreadable images instead of stopping")
+
+
+def run(config):
+    num_train, num_test, num_bad = convert(config.source, config.out_dir, config.test_fraction,
+                                           config.seed, config.skip_bad)
+    print(f"{os.path.join(config.out_dir, BATCHES_DIR)}: {num_train} training and "
+          f"{num_test} test records" + (f"; {num_bad} bad images skipped" if num_bad else ""))

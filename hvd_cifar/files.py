@@ -1,0 +1,39 @@
+"""Files and folders that appear whole or not at all.
+
+Everything the commands write is built under a hidden temporary name beside its destination and
+renamed into place: a rename within one file system is atomic, so a run that is interrupted or
+fails half-way never leaves something that looks complete, and never damages what was there.
+"""
+import contextlib
+import os
+import shutil
+import tempfile
+
+
+def write_atomically(path, write, suffix=".part"):
+    """write(temporary_path) builds the file, which then replaces path in one rename. When write
+    fails, the temporary file is removed and path is left as it was. suffix ends the temporary
+    name (some writers pick their format from it)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    partial = os.path.join(directory, f".{name}.{os.getpid()}{suffix}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+@contextlib.contextmanager
+def staged_folder(destination):
+    """Yield an empty hidden folder beside destination; when the block ends without an error the
+    folder becomes destination in one rename, otherwise it is removed."""
+    parent = os.path.dirname(os.path.abspath(destination))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(destination)}.")
+    try:
+        yield staging
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the result from other users
+        os.rename(staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,220 @@
+"""The training state and step: the tutorial network, its Horovod optimizer, the moving averages,
+the step counter, the compiled backward pass, and the learning rate it follows (cifar10.py's
+train(), data-parallel). Built identically on every rank; train.py drives it, bench.py times it.
+"""
+import dataclasses
+import hashlib
+import math
+
+import tensorflow as tf
+import horovod.tensorflow as hvd
+
+from hvd_cifar import checkpoint as checkpoint_lib, model as model_lib
+from hvd_cifar.config import (INITIAL_LEARNING_RATE, LEARNING_RATE_DECAY_FACTOR,
+                              MOVING_AVERAGE_DECAY, NUM_EPOCHS_PER_DECAY, UserError, flag,
+                              non_negative_float, positive_float, positive_int)
+
+DEFAULT_WARMUP_EPOCHS = 5.0   # Goyal et al. 2017: linear warm-up over the first 5 epochs.
+# The largest scaled rate that trains this network stably: at a global batch of 1024, caps of
+# 0.4 and 0.5 show loss jumps, 0.3 does not, and the linear rule's 0.8 at 8 workers oscillates
+# or diverges (docs/results/lr_policy.md).
+DEFAULT_MAX_LR = 0.3
+# Stop when a logged loss exceeds this multiple of its running mean after warm-up.
+LOSS_EXPLOSION_FACTOR = 4.0
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """The flags of the training step and its learning rate (train.py adds the driver's)."""
+    batch_size: int = flag(128, "examples a rank processes in one backward pass; the global "
+                           "batch is batch_size x ranks x backward_passes_per_step", positive_int)
+    lr: float = flag(INITIAL_LEARNING_RATE, "initial learning rate of one worker, before "
+                     "scaling by ranks x backward_passes_per_step", positive_float)
+    lr_scaling: str = flag("linear", "how the rate grows with W = ranks x "
+                           "backward_passes_per_step: lr x W, lr x sqrt(W), or lr",
+                           choices=("linear", "sqrt", "none"))
+    max_lr: float = flag(DEFAULT_MAX_LR, "cap on the scaled learning rate (this network "
+                         "diverges with 0.8 at 8 workers); 0 means no cap", non_negative_float)
+    warmup_epochs: float = flag(None, "epochs of linear warm-up from lr to the scaled rate "
+                                f"(default: {DEFAULT_WARMUP_EPOCHS:g} when W > 1, "
+                                "else 0)", non_negative_float)
+    momentum: float = flag(0.0, "SGD momentum (the tutorial uses plain SGD)",
+                           non_negative_float)
+    use_fp16: bool = flag(False, "compute in float16 with float32 variables (mixed_float16, "
+                          "GPUs) and dynamic loss scaling")
+    fp16_allreduce: bool = flag(False, "compress gradients to float16 for the all-reduce "
+                                "(halves the traffic between hosts)")
+    backward_passes_per_step: int = flag(1, "backward passes whose gradients are summed "
+                                         "locally before one all-reduce and update",
+                                         positive_int)
+    xla: str = flag("auto", "compile the training step with XLA (auto: on GPUs only)",
+                    choices=("auto", "on", "off"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning rate
+
+def scaled_learning_rate(lr, workers, lr_scaling, max_lr):
+    """(peak rate, a sentence saying how it was reached) for a global batch of `workers` times
+    one worker's batch."""
+    factor = {"linear": workers, "sqrt": math.sqrt(workers), "none": 1}[lr_scaling]
+    rate = lr * factor
+    rule = f"{lr_scaling} scaling: {lr:g} x {factor:.4g}"
+    if max_lr and rate > max_lr:
+        rule += f" = {rate:.4g}, capped by --max_lr {max_lr:g}"
+        rate = max_lr
+    return rate, rule
+
+
+class TutorialSchedule:
+    """Linear warm-up from base_lr to peak_lr, then the tutorial's staircase decay (x0.1 every
+    350 epochs). Steps are synchronized updates; boundaries are given in steps computed from
+    epochs, so they fall at the same data position whatever the number of ranks."""
+
+    def __init__(self, base_lr, peak_lr, warmup_steps, decay_steps,
+                 decay_factor=LEARNING_RATE_DECAY_FACTOR):
+        self.base_lr, self.peak_lr = base_lr, peak_lr
+        self.warmup_steps, self.decay_steps = warmup_steps, decay_steps
+        self.decay_factor = decay_factor
+
+    def __call__(self, step):
+        """The rate of the update made at step (a number or a tensor)."""
+        step = tf.cast(step, tf.float32)
+        decayed = self.peak_lr * tf.pow(self.decay_factor, tf.floor(step / self.decay_steps))
+        if not self.warmup_steps:
+            return decayed
+        warming = self.base_lr + (self.peak_lr - self.base_lr) * step / self.warmup_steps
+        return tf.where(step < self.warmup_steps, warming, decayed)
+
+
+def learning_rate_schedule(config, size, steps_per_epoch):
+    """(TutorialSchedule, rule sentence) for size ranks taking steps_per_epoch steps an epoch."""
+    # Horovod: one update averages the gradients of size ranks x backward passes, a global
+    # batch that many times one worker's, so the rate grows with it (Goyal et al. 2017).
+    workers = size * config.backward_passes_per_step
+    peak_lr, rule = scaled_learning_rate(config.lr, workers, config.lr_scaling, config.max_lr)
+    warmup_epochs = config.warmup_epochs
+    if warmup_epochs is None:
+        # Horovod: warm up only when the rate was scaled.
+        warmup_epochs = DEFAULT_WARMUP_EPOCHS if workers > 1 else 0.0
+    schedule = TutorialSchedule(min(config.lr, peak_lr), peak_lr,
+                                int(round(warmup_epochs * steps_per_epoch)),
+                                int(NUM_EPOCHS_PER_DECAY * steps_per_epoch))
+    return schedule, rule
+
+
+# ---------------------------------------------------------------------------------------------
+# The training state and step
+
+class Trainer:
+    """The model, its Horovod optimizer, the moving averages and the step counter, plus the
+    compiled training step, for size ranks taking steps_per_epoch steps an epoch."""
+
+    def __init__(self, config, size, steps_per_epoch):
+        self.config = config
+        self.model = model_lib.inference(config.use_fp16)
+        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        # The rate is set from the schedule before every step.
+        optimizer = tf.keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum)
+        # Horovod: average gradients by ring all-reduce before every update (optionally in
+        # float16 on the wire, optionally after several local backward passes).
+        optimizer = hvd.DistributedOptimizer(
+            optimizer,
+            compression=hvd.Compression.fp16 if config.fp16_allreduce else hvd.Compression.none,
+            backward_passes_per_step=config.backward_passes_per_step,
+            average_aggregated_gradients=True)
+        if config.use_fp16:
+            # The loss is scaled before and unscaled after the Horovod all-reduce.
+            optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+        self.optimizer = optimizer
+        self.optimizer.build(self.model.trainable_variables)
+        # The tutorial's ExponentialMovingAverage(0.9999, global_step): the decay is
+        # min(0.9999, (1 + step) / (10 + step)), so the averages follow early training closely.
+        self.moving_averages = tf.train.ExponentialMovingAverage(MOVING_AVERAGE_DECAY,
+                                                                 num_updates=self.global_step)
+        self.moving_averages.apply(self.model.trainable_variables)
+        self.averaged_variables = [self.moving_averages.average(v)
+                                   for v in self.model.trainable_variables]
+        self.checkpoint = checkpoint_lib.layout(self.model, self.averaged_variables,
+                                                self.global_step, optimizer=self.optimizer)
+        jit_compile = {"on": True, "off": False,
+                       "auto": bool(tf.config.list_logical_devices("GPU"))}[config.xla]
+        # Horovod: XLA compiles the forward pass and loss (and so their gradient), never the
+        # all-reduce: Horovod registers XLA kernels for GPU builds only, and on CPU a compiled
+        # HorovodAllreduce fails ("No registered 'HorovodAllreduce' OpKernel for XLA_CPU_JIT").
+        self.forward = tf.function(self._forward, jit_compile=jit_compile)
+        self.size = self.steps_per_epoch = None
+        self.rescale(size, steps_per_epoch)
+
+    def rescale(self, size, steps_per_epoch):
+        """Set the learning-rate schedule for size ranks (again when an elastic job resizes)."""
+        if (size, steps_per_epoch) == (self.size, self.steps_per_epoch):
+            return
+        self.size, self.steps_per_epoch = size, steps_per_epoch
+        self.schedule, self.lr_rule = learning_rate_schedule(self.config, size, steps_per_epoch)
+        self.warmup_steps = self.schedule.warmup_steps
+        # Traced anew: the schedule's numbers are constants of the compiled pass.
+        self.train_pass = tf.function(self._train_pass)
+
+    def state_variables(self):
+        return (self.model.variables + list(self.optimizer.variables) +
+                self.averaged_variables + [self.global_step])
+
+    def learning_rate(self):
+        return float(self.schedule(self.global_step))
+
+    def _forward(self, images, labels):
+        logits = self.model(images, training=True)
+        return model_lib.loss(self.model, logits, labels), logits
+
+    def _train_pass(self, images, labels, first, last):
+        """One backward pass, compiled as one call (the per-call cost is paid once a pass): the
+        first of a step sets its rate, the last advances the step and the averages."""
+        if first:
+            self.optimizer.learning_rate.assign(self.schedule(self.global_step))
+        with tf.GradientTape() as tape:
+            loss, logits = self.forward(images, labels)
+        # Horovod: minimize() all-reduces the gradients (DistributedOptimizer); calling
+        # apply_gradients() directly would skip the averaging.
+        self.optimizer.minimize(loss, self.model.trainable_variables, tape=tape)
+        if last:
+            self.global_step.assign_add(1)
+            self.moving_averages.apply(self.model.trainable_variables)
+        correct = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels)
+        return loss, tf.reduce_mean(tf.cast(correct, tf.float32))
+
+    def step(self, batches):
+        """One synchronized update from backward_passes_per_step batches; (loss, accuracy)."""
+        passes = self.config.backward_passes_per_step
+        for index in range(passes):
+            images, labels = next(batches)
+            loss, accuracy = self.train_pass(images, labels, first=index == 0,
+                                             last=index == passes - 1)
+        # The batch just trained on, for activation histograms (drawing another batch would
+        # move this rank's data position).
+        self.last_images = images
+        return loss, accuracy
+
+
+def check_loss(mean_loss, running_mean, step, trainer):
+    """Stop on NaN/Inf (the tutorial's NanTensorHook) or on a loss that explodes after warm-up.
+
+    mean_loss is averaged over ranks, so every rank takes the same decision at the same step."""
+    if not math.isfinite(mean_loss):
+        raise UserError(f"loss is {mean_loss} at step {step}: training diverged "
+                        f"(learning rate {trainer.learning_rate():.4g}, {trainer.lr_rule}); "
+                        "lower --lr or --max_lr, or lengthen --warmup_epochs")
+    if (running_mean is not None and step > trainer.warmup_steps
+            and mean_loss > LOSS_EXPLOSION_FACTOR * running_mean):
+        raise UserError(f"loss exploded to {mean_loss:.3g} at step {step}, "
+                        f"{mean_loss / running_mean:.1f}x its running mean {running_mean:.3g} "
+                        f"(learning rate {trainer.learning_rate():.4g}, {trainer.lr_rule}); "
+                        "lower --max_lr or use --lr_scaling sqrt")
+
+
+def weights_digest(variables):
+    """A short digest of the variables' values: equal on every rank while SGD is synchronous."""
+    digest = hashlib.sha256()
+    for variable in variables:
+        digest.update(variable.numpy().tobytes())
+    return digest.hexdigest()[:16]
