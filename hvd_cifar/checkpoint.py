@@ -34,22 +34,37 @@ def manager(checkpoint, train_dir, keep):
                                       checkpoint_name=CHECKPOINT_PREFIX)
 
 
-def restore(checkpoint, path, partial=False):
-    """checkpoint.restore(path), every object of ours matched, or a UserError naming path."""
+def written_with_loss_scaling(path):
+    """Whether the checkpoint holds a float16 run's loss scale (--use_fp16)."""
+    try:
+        return any("loss_scale" in name for name, _ in tf.train.list_variables(path))
+    except CHECKPOINT_ERRORS:
+        return None
+
+
+def restore(checkpoint, path, partial=False, use_fp16=None):
+    """checkpoint.restore(path), every object of ours matched, or a UserError naming path (and
+    --use_fp16 when the checkpoint was written with the other precision)."""
     try:
         status = checkpoint.restore(path)
         (status.expect_partial() if partial else status).assert_existing_objects_matched()
     except CHECKPOINT_ERRORS as error:
+        written_fp16 = written_with_loss_scaling(path)
+        if use_fp16 is not None and written_fp16 is not None and written_fp16 != use_fp16:
+            raise UserError(f"checkpoint {path} was written with"
+                            f"{'' if written_fp16 else 'out'} --use_fp16: "
+                            f"{'pass' if written_fp16 else 'drop'} --use_fp16 to resume it, or "
+                            "start over with --fresh") from None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
         raise UserError(f"checkpoint {path} does not fit this model or is damaged ({reason}); "
                         "use another --train_dir or --fresh") from None
 
 
-def restore_latest(checkpoint, train_dir):
+def restore_latest(checkpoint, train_dir, use_fp16=None):
     """Restore the newest checkpoint of train_dir; its path, or None when there is none."""
     path = tf.train.latest_checkpoint(train_dir)
     if path is not None:
-        restore(checkpoint, path)
+        restore(checkpoint, path, use_fp16=use_fp16)
     return path
 
 

@@ -7,6 +7,7 @@ traceback, and a stop on a signal exits with 128 + the signal number.
 """
 import argparse
 import dataclasses
+import math
 import signal
 import sys
 
@@ -18,7 +19,13 @@ MOVING_AVERAGE_DECAY = 0.9999      # The decay to use for the moving average.
 
 
 class UserError(Exception):
-    """An expected failure the user can fix; its message names the file or flag."""
+    """An expected failure the user can fix; its message names the file or flag. Under a
+    launcher every rank meets it together, and rank 0 says it."""
+
+
+class RankFailure(UserError):
+    """A failure one rank meets on its own (it lost the others): every rank that meets it says
+    it, naming itself."""
 
 
 def fail(message, status=1):
@@ -51,7 +58,7 @@ def run_command(main):
     except KeyboardInterrupt:
         sys.exit(128 + signal.SIGINT)
     except UserError as error:
-        if not says_errors():
+        if not (says_errors() or isinstance(error, RankFailure)):
             sys.exit(1)
         fail(error)
 
@@ -78,8 +85,11 @@ def number_flag(convert, description, accept):
 
 positive_int = number_flag(int, "a positive integer", lambda value: value > 0)
 non_negative_int = number_flag(int, "an integer >= 0", lambda value: value >= 0)
-positive_float = number_flag(float, "a positive number", lambda value: value > 0)
-non_negative_float = number_flag(float, "a number >= 0", lambda value: value >= 0)
+positive_float = number_flag(float, "a positive number",
+                             lambda value: math.isfinite(value) and value > 0)
+non_negative_float = number_flag(float, "a number >= 0",
+                                 lambda value: math.isfinite(value) and value >= 0)
+fraction = number_flag(float, "a number between 0 and 1", lambda value: 0 < value < 1)
 
 
 def flag(default, help, type=None, **argparse_options):

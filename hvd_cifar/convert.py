@@ -12,7 +12,7 @@ import tarfile
 import numpy as np
 from PIL import Image
 
-from hvd_cifar.config import UserError, argument, flag
+from hvd_cifar.config import UserError, argument, flag, fraction
 from hvd_cifar.data import (BATCHES_DIR, META_FILE, NUM_CLASSES, ORIGINAL_SIZE, TEST_FILES,
                             TRAIN_FILES, write_records)
 from hvd_cifar.files import staged_folder
@@ -25,14 +25,18 @@ def list_image_tree(source):
     """{split: [(class name, file name)]} of a class-folder tree, from a folder or a tar file.
 
     Layouts: SRC/train/<class>/*, SRC/test/<class>/* (test/ may be missing), or SRC/<class>/*;
-    a tar archive may wrap the tree in one top folder.
+    a tar archive may wrap the tree in one top folder. Images elsewhere (nested deeper, or
+    loose) and class folders without images are skipped with a warning on stderr.
     """
     if os.path.isdir(source):
         names = [os.path.relpath(os.path.join(folder, f), source)
                  for folder, _, files in os.walk(source) for f in files]
+        folders = [os.path.relpath(folder, source) for folder, _, _ in os.walk(source)]
     elif os.path.isfile(source) and tarfile.is_tarfile(source):
         with tarfile.open(source) as tar:
-            names = [member.name for member in tar.getmembers() if member.isfile()]
+            members = tar.getmembers()
+        names = [member.name for member in members if member.isfile()]
+        folders = [member.name for member in members if member.isdir()]
     else:
         raise UserError(f"{source}: neither a folder nor a tar archive of images")
     names = [name for name in names if name.lower().endswith(IMAGE_SUFFIXES)]
@@ -40,16 +44,43 @@ def list_image_tree(source):
     tops = {p[0] for p in parts}
     wrapped = len(tops) == 1 and all(len(p) >= 3 for p in parts) and not tops & {"train", "test"}
     tree = {"train": [], "test": []}
+    skipped = []
     for name, path in zip(names, parts):
         path = path[1:] if wrapped else path
         if len(path) == 3 and path[0] in tree:
             tree[path[0]].append((path[1], name))
-        elif len(path) == 2:
+        elif len(path) == 2 and path[0] not in tree:
             tree["train"].append((path[0], name))
+        else:
+            skipped.append(name)
     if not tree["train"]:
         raise UserError(f"{source}: no images in class folders (expected "
                         "train/<class>/*.png|jpg, test/<class>/*, or <class>/*)")
+    if skipped:
+        print(f"hvd_cifar: warning: skipped {len(skipped)} image"
+              f"{'s' if len(skipped) > 1 else ''} outside class folders: "
+              + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""), file=sys.stderr)
+    for folder in sorted(empty_class_folders(folders, names, wrapped)):
+        print(f"hvd_cifar: warning: class folder {folder} holds no images; it is not a class",
+              file=sys.stderr)
     return tree
+
+
+def empty_class_folders(folders, image_names, wrapped):
+    """Folders where a class folder belongs (train/X, test/X, or X) that hold no image."""
+    holding = set()
+    for name in image_names:
+        parts = name.split("/")[:-1]
+        holding.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    empty = []
+    for folder in folders:
+        parts = folder.strip("/").split("/")
+        inner = parts[1:] if wrapped else parts
+        is_class_folder = (len(inner) == 2 and inner[0] in ("train", "test")) or (
+            len(inner) == 1 and inner[0] not in ("train", "test", "."))
+        if is_class_folder and folder.strip("/") not in holding:
+            empty.append(folder.strip("/"))
+    return empty
 
 
 def image_bytes(source, wanted):
@@ -66,10 +97,44 @@ def image_bytes(source, wanted):
                 yield member.name, tar.extractfile(member).read()
 
 
+# Larger images are refused before decoding: a CIFAR image is 32x32, and decoding takes several
+# bytes a pixel (a 12000x12000 photograph took 1.6 GB).
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+def to_rgb8(image):
+    """A PIL image of any mode as 8-bit RGB: 16- and 32-bit values scaled (not clipped) to 8
+    bits, grayscale and palettes expanded, transparent pixels laid over white."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        # 16-bit data spans 0..65535; 32-bit integer or float images are read by the range
+        # their values use (0..1, 0..255 or 16-bit).
+        if image.mode.startswith("I;16") or values.max() > 255:
+            full_scale = 65535.0
+        elif image.mode == "F" and values.max() <= 1.0:
+            full_scale = 1.0
+        else:
+            full_scale = 255.0
+        scaled = np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def decode_to_cifar(raw):
-    """Any PIL-readable image -> uint8 32x32x3 (resized with antialiasing when it is not)."""
+    """Any PIL-readable image -> uint8 32x32x3 (see to_rgb8; resized with antialiasing when it
+    is not 32x32). An image above MAX_IMAGE_PIXELS is a UserError, found before decoding."""
     with Image.open(io.BytesIO(raw)) as image:
-        image = image.convert("RGB")
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise UserError(f"{width}x{height} is larger than {MAX_IMAGE_PIXELS:,} pixels; "
+                            "shrink it first (the network reads 32x32 images)")
+        image = to_rgb8(image)
         if image.size != (ORIGINAL_SIZE, ORIGINAL_SIZE):
             image = image.resize((ORIGINAL_SIZE, ORIGINAL_SIZE), Image.Resampling.LANCZOS)
         return np.asarray(image, dtype=np.uint8)
@@ -137,7 +202,7 @@ class ConvertConfig:
     out_dir: str = argument("writes OUT/cifar-10-batches-bin/; train with --data_dir OUT",
                             metavar="OUT")
     test_fraction: float = flag(None, "share of the images held out as the test set when SRC "
-                                "has no test/ folder", float)
+                                "has no test/ folder", fraction)
     seed: int = flag(0, "seed of the record order")
     skip_bad: bool = flag(False, "skip unreadable images instead of stopping")
 

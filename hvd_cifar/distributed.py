@@ -3,6 +3,9 @@ defaults read at hvd.init(), one device a rank, failing together, stop requests 
 and the state an elastic job keeps in memory."""
 import os
 import signal
+import sys
+import threading
+import time
 
 import tensorflow as tf
 import horovod.tensorflow as hvd
@@ -15,14 +18,32 @@ from hvd_cifar.config import UserError
 STALL_SHUTDOWN_SECONDS = "300"
 
 
+# Horovod's own default: a stalled collective is reported after this many seconds.
+STALL_CHECK_SECONDS = "60"
+
+
 def set_launch_defaults():
     """Environment defaults that Horovod and Open MPI read at hvd.init(); a value the user
     set wins."""
     os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", STALL_SHUTDOWN_SECONDS)
+    check_stall_times(os.environ)
     if not tf.config.list_physical_devices("GPU"):
         # Open MPI busy-polls while a rank waits, taking the cores CPU ranks compute on
         # (docs/results/benchmark.md measures the difference).
         os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+
+
+def check_stall_times(environment):
+    """Horovod ignores a stall shutdown time below its stall warning time without a word: such a
+    job would hang forever where the user asked it to end."""
+    names = ("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "HOROVOD_STALL_CHECK_TIME_SECONDS")
+    try:
+        shutdown, check = (float(environment.get(n, STALL_CHECK_SECONDS)) for n in names)
+    except ValueError:
+        raise UserError(f"{names[0]} and {names[1]} must be numbers of seconds") from None
+    if 0 < shutdown < check:
+        raise UserError(f"{names[0]}={shutdown:g} is below {names[1]} ({check:g} s), so Horovod "
+                        f"would ignore it: set it above {check:g}, or lower {names[1]} too")
 
 
 def plan_devices(gpus, local_rank, local_size, cpu_count, threads_per_rank=0):
@@ -40,8 +61,12 @@ def pin_devices(local_rank, local_size, threads_per_rank=0):
     """Horovod: one GPU per rank by local rank (memory growth on), else a share of the cores.
     Returns the device in words (GPU:0, CPU/2 threads)."""
     gpus = tf.config.list_physical_devices("GPU")
-    gpu, threads = plan_devices(gpus, local_rank, local_size, len(os.sched_getaffinity(0)),
-                                threads_per_rank)
+    cores = len(os.sched_getaffinity(0))
+    gpu, threads = plan_devices(gpus, local_rank, local_size, cores, threads_per_rank)
+    if gpu is None and threads * local_size > cores and local_rank == 0:
+        print(f"hvd_cifar: warning: --threads_per_rank {threads} x {local_size} ranks on this "
+              f"host is more than its {cores} cores; the ranks will slow each other down",
+              flush=True)
     if gpu is not None:
         for device in gpus:
             tf.config.experimental.set_memory_growth(device, True)
@@ -55,7 +80,8 @@ def pin_devices(local_rank, local_size, threads_per_rank=0):
 def fail_together(action):
     """Run action on this rank; when it raises a UserError on any rank, raise it on every rank.
 
-    Horovod: without this a rank that fails alone leaves the others waiting in a collective."""
+    Horovod: without this a rank that fails alone leaves the others waiting in a collective.
+    It costs one small all-gather."""
     try:
         result, error = action(), None
     except UserError as failure:
@@ -109,3 +135,116 @@ class ElasticState(ObjectState):
         hvd.broadcast_variables(self.variables, root_rank=0)
         self.copy_to_host()
         super().sync()
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher going away, and a rank that stops answering
+
+def process_arguments(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def parent_pid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name (field 2) may hold spaces; it ends at the last ')'.
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def process_start_time(pid):
+    """When the process started (clock ticks since boot), or None once it has ended: gone, or
+    a zombie its parent has not yet reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def horovodrun_pid():
+    """The pid of the horovodrun that started this rank on this host, or None.
+
+    horovodrun --mpi replaces itself with `/bin/sh -c "mpirun ..."`, whose death on SIGTERM
+    leaves mpirun and the ranks running; horovodrun --gloo runs the ranks under forks of itself.
+    Ranks started by mpirun, srun or on another host find none: their launcher signals them."""
+    pid = parent_pid(os.getpid())
+    while pid > 1:
+        arguments = process_arguments(pid)
+        if any(os.path.basename(a) == "horovodrun" for a in arguments[:2]):
+            return pid
+        if arguments[:2] == ["/bin/sh", "-c"] and len(arguments) > 2 and \
+                "mpirun" in arguments[2].split(maxsplit=1)[0]:
+            return pid
+        pid = parent_pid(pid)
+    return None
+
+
+class LauncherWatch:
+    """Turns the end of this rank's horovodrun into a stop request (SIGTERM), so signalling the
+    launcher stops the whole job through the usual path: checkpoint, then exit 128 + 15."""
+
+    POLL_SECONDS = 1.0
+
+    def __init__(self, stop_request):
+        self.pid = horovodrun_pid()
+        if self.pid is None:
+            return
+        self.start_time = process_start_time(self.pid)
+        self.stop_request = stop_request
+        threading.Thread(target=self._watch, daemon=True, name="launcher watch").start()
+
+    def _watch(self):
+        while process_start_time(self.pid) == self.start_time:
+            time.sleep(self.POLL_SECONDS)
+        self.stop_request.request(signal.SIGTERM, None)
+
+
+class Watchdog:
+    """Ends this rank when one phase of training (a step and its all-reduce, a checkpoint) has
+    not come back in timeout seconds: another rank hangs (a stopped process, a hung GPU or file
+    system) and a collective would wait forever. The line it prints names this rank, its host,
+    the step and what it was waiting for; the launcher then ends the others."""
+
+    def __init__(self, timeout_seconds, rank, host):
+        self.timeout_seconds, self.rank, self.host = timeout_seconds, rank, host
+        self.phase = None
+        self.since = time.monotonic()
+        self.resume_hint = ""  # what a rerun would do, kept current by the training loop
+        self.on_hang = None    # run before the process ends (rank 0 releases its train_dir)
+        if timeout_seconds:
+            threading.Thread(target=self._watch, daemon=True, name="watchdog").start()
+
+    def waiting_for(self, step, what):
+        """Mark the start of a phase: step, and what the rank waits for in it."""
+        self.phase, self.since = (step, what), time.monotonic()
+
+    def idle(self):
+        self.phase = None
+
+    def _watch(self):
+        poll = min(5.0, self.timeout_seconds / 4)
+        while True:
+            time.sleep(poll)
+            phase, waited = self.phase, time.monotonic() - self.since
+            if phase is not None and waited > self.timeout_seconds:
+                step, what = phase
+                print(f"hvd_cifar: error: rank {self.rank} on {self.host} waited {waited:.0f} s "
+                      f"(--hang_timeout_secs {self.timeout_seconds:g}) at step {step} for "
+                      f"{what}: a rank or device of the job stopped answering; ending the job"
+                      f"{self.resume_hint}", file=sys.stderr, flush=True)
+                if self.on_hang is not None:
+                    self.on_hang()
+                # The main thread is blocked inside a collective: only leaving the process
+                # ends the wait.
+                os._exit(HANG_EXIT_STATUS)
+
+
+# The status of a rank ended by its watchdog (as `timeout` uses).
+HANG_EXIT_STATUS = 124

@@ -20,6 +20,7 @@ import horovod.tensorflow as hvd
 
 from hvd_cifar import checkpoint as checkpoint_lib, data
 from hvd_cifar.config import UserError, flag, parse_command, positive_int, run_command
+from hvd_cifar.distributed import fail_together
 from hvd_cifar.files import write_atomically
 
 EVAL_BATCH_SIZE = 1000
@@ -29,8 +30,9 @@ EVAL_BATCH_SIZE = 1000
 class EvalConfig:
     data_dir: str = flag("data", "folder holding cifar-10-batches-bin/")
     checkpoint_dir: str = flag("runs/train", "train_dir of the run to evaluate")
-    eval_dir: str = flag(None, "where the TensorBoard scalars of repeated evaluations go "
-                         "(default: <checkpoint_dir>/eval)")
+    eval_dir: str = flag(None, "where eval.json, the confusion matrix, the learning curve and "
+                         "the TensorBoard scalars go (default: checkpoint_dir, scalars in "
+                         "<checkpoint_dir>/eval); needed for a run you may only read")
     batch_size: int = flag(EVAL_BATCH_SIZE, "test examples a batch", positive_int)
     run_once: bool = flag(False, "evaluate the newest checkpoint once and exit")
     all_checkpoints: bool = flag(False, "evaluate every checkpoint the run kept, oldest first, "
@@ -117,10 +119,10 @@ def evaluate_once(config, checkpoint_path, test_paths, names):
     summary = summarize(counts, names, global_step, checkpoint_path)
     print(f"{datetime.datetime.now()}: precision @ 1 = {summary['precision_at_1']:.3f} "
           f"(step {global_step}, {summary['num_examples']} examples)", flush=True)
-    write_json(os.path.join(config.checkpoint_dir, "eval.json"), summary)
+    write_json(os.path.join(output_dir(config), "eval.json"), summary)
     plot_confusion(counts, names, f"step {global_step}: precision @ 1 = "
                    f"{summary['precision_at_1']:.3f}",
-                   os.path.join(config.checkpoint_dir, "confusion_matrix.png"))
+                   os.path.join(output_dir(config), "confusion_matrix.png"))
     return summary
 
 
@@ -169,12 +171,41 @@ def evaluate_all(config, test_paths, names):
                           "precision_at_1": summary["precision_at_1"],
                           "wall_seconds": wall_seconds.get(summary["global_step"])})
     if hvd.rank() == 0:
-        write_json(os.path.join(config.checkpoint_dir, "eval_curve.json"), curve)
-        plot_curve(curve, os.path.join(config.checkpoint_dir, "eval_curve.png"))
+        write_json(os.path.join(output_dir(config), "eval_curve.json"), curve)
+        plot_curve(curve, os.path.join(output_dir(config), "eval_curve.png"))
+
+
+def output_dir(config):
+    return config.eval_dir or config.checkpoint_dir
+
+
+def check_output_dir(config):
+    """Fail before evaluating when the results could not be written."""
+    folder = output_dir(config)
+    if config.eval_dir is None and not os.path.isdir(folder):
+        return  # no checkpoint there either, which is said when looking for one
+    try:
+        os.makedirs(folder, exist_ok=True)
+        writable = os.access(folder, os.W_OK)
+        if writable:
+            probe = os.path.join(folder, f".write-test-{os.getpid()}")
+            open(probe, "w").close()
+            os.remove(probe)
+    except OSError:
+        writable = False
+    if writable:
+        return
+    if config.eval_dir is None:
+        raise UserError(f"--checkpoint_dir {config.checkpoint_dir} is not writable (a run you "
+                        "may only read): pass --eval_dir DIR for eval.json, the confusion "
+                        "matrix and the TensorBoard scalars")
+    raise UserError(f"--eval_dir {config.eval_dir} is not writable")
 
 
 def evaluate(config):
     hvd.init()  # Horovod: alone this is a job of size 1; under horovodrun each rank a shard.
+    # Horovod: rank 0 writes the results, and every rank stops when it could not.
+    fail_together(lambda: check_output_dir(config) if hvd.rank() == 0 else None)
     batches_dir = data.prepare(config.data_dir, download=False)
     test_paths, _ = data.split_files(batches_dir, "test")
     names = data.class_names(batches_dir)
@@ -184,8 +215,13 @@ def evaluate(config):
     if config.run_once:
         evaluate_once(config, checkpoint_lib.latest(config.checkpoint_dir), test_paths, names)
         return
-    eval_dir = config.eval_dir or os.path.join(config.checkpoint_dir, "eval")
-    writer = tf.summary.create_file_writer(eval_dir) if hvd.rank() == 0 else None
+    scalars_dir = config.eval_dir or os.path.join(config.checkpoint_dir, "eval")
+    writer = None
+    if hvd.rank() == 0:
+        writer = tf.summary.create_file_writer(scalars_dir)
+        print(f"hvd_cifar: watching {config.checkpoint_dir} for new checkpoints every "
+              f"{config.eval_interval_secs} s (TensorBoard scalars in {scalars_dir}); Ctrl-C "
+              "stops", flush=True)
     evaluated = None
     while True:
         # Horovod: rank 0 decides which checkpoint is next, so all ranks evaluate the same one.

@@ -52,10 +52,19 @@ def export(checkpoint_dir, out_dir, class_names):
 
 def export_weights(checkpoint_dir, path):
     """The moving-average weights alone, as a Keras HDF5 weights file (what the package ships)."""
+    if os.path.exists(path):
+        raise UserError(f"--weights {path} already exists; choose another file")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"--weights {path}: cannot write in {folder} "
+                        f"({'no such folder' if not os.path.isdir(folder) else 'not writable'})")
     network, global_step = checkpoint_lib.load_averaged_model(
         checkpoint_lib.latest(checkpoint_dir))
-    # Keras picks the HDF5 format by the file name's ending.
-    write_atomically(path, network.save_weights, suffix=".part.h5")
+    try:
+        # Keras picks the HDF5 format by the file name's ending.
+        write_atomically(path, network.save_weights, suffix=".part.h5")
+    except OSError as error:
+        raise UserError(f"--weights {path}: {error.strerror or error}") from None
     return global_step
 
 

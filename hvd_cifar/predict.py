@@ -63,6 +63,8 @@ def read_image(path):
         raise UserError(f"{path}: {error.strerror}") from None
     try:
         return decode_to_cifar(raw)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
     except Exception as error:  # PIL raises many kinds for a file that is not an image
         raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None
 

@@ -13,21 +13,26 @@ import dataclasses
 import datetime
 import os
 import signal
+import socket
 import sys
 import time
 
 import tensorflow as tf
 import horovod.tensorflow as hvd
 
-from hvd_cifar import checkpoint as checkpoint_lib, data
-from hvd_cifar.config import (Stopped, UserError, flag, non_negative_int, parse_command,
-                              positive_int, run_command)
-from hvd_cifar.distributed import (ElasticState, StopRequest, fail_together, pin_devices,
-                                   set_launch_defaults)
+from hvd_cifar import checkpoint as checkpoint_lib, data, train_dir as train_dir_lib
+from hvd_cifar.config import (RankFailure, Stopped, UserError, flag, non_negative_float,
+                              non_negative_int, parse_command, positive_int, run_command)
+from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Watchdog,
+                                   fail_together, pin_devices, set_launch_defaults)
 from hvd_cifar.trainer import Trainer, TrainerConfig, check_loss, weights_digest
 
 # Synthetic runs count epochs as CIFAR-10's training set, so their schedule matches a real run.
 SYNTHETIC_EXAMPLES_PER_EPOCH = 50_000
+# Longer than anything a healthy rank waits for between two marks of the watchdog: a
+# checkpoint on a slow shared file system, the first step's tracing or XLA compilation, a long
+# log interval on a slow device. A hung collective otherwise waits forever.
+DEFAULT_HANG_TIMEOUT_SECONDS = 600.0
 
 
 @dataclasses.dataclass
@@ -50,6 +55,12 @@ class TrainConfig(TrainerConfig):
                            "benchmarks)")
     fresh: bool = flag(False, "start over: move an existing train_dir aside to "
                        "<train_dir>.previous-<time> instead of resuming it")
+    take_over_train_dir: bool = flag(False, "take the train_dir over even though its lock "
+                                     "says another run is using it (only when that run is gone)")
+    hang_timeout_secs: float = flag(DEFAULT_HANG_TIMEOUT_SECONDS, "end the job when a rank has "
+                                    "waited this long for a step, its all-reduce or a "
+                                    "checkpoint (another rank hangs); 0 never does",
+                                    non_negative_float)
     threads_per_rank: int = flag(0, "TensorFlow threads of each CPU rank (0: the host's cores "
                                  "split between its ranks)", non_negative_int)
     summary_histograms: bool = flag(False, "also write the tutorial's activation histograms "
@@ -78,12 +89,19 @@ def train(config):
     # Python, NumPy and TensorFlow: Keras initializers without a seed draw one from Python.
     tf.keras.utils.set_random_seed(config.seed)
     run = TrainingRun(config, device)
-    if not config.elastic:
-        # The epoch's length is known before the trainer is built, so its schedule is final.
-        run.input = open_input(config, hvd.size(), hvd.local_rank())
-        run.trainer = Trainer(config, hvd.size(), run.input.steps_per_epoch)
-        run()
-        return
+    try:
+        if not config.elastic:
+            # The epoch's length is known before the trainer is built, so its schedule is final.
+            run.input = open_input(config, hvd.size(), hvd.local_rank())
+            run.trainer = Trainer(config, hvd.size(), run.input.steps_per_epoch)
+            run()
+            return
+        train_elastic(config, run)
+    finally:
+        run.release_train_dir()
+
+
+def train_elastic(config, run):
     # Horovod: an elastic job keeps its state in host memory, committed every
     # commit_every_steps. No collective may run before hvd.elastic.run syncs that state (a
     # joining worker would meet the others in the wrong call), so the input is opened and the
@@ -147,6 +165,11 @@ def rank_batches(config, opened, size, rank, start_step):
 # ---------------------------------------------------------------------------------------------
 # The run: restore, loop, finish
 
+# What a collective raises in a rank whose peers stopped answering or died (Gloo's timeout, a
+# closed connection, Horovod shutting down after another rank failed).
+LOST_PEER_MARKERS = ("Horovod", "Gloo", "gloo", "Connection", "connection")
+
+
 class TrainingRun:
     """One training run. In an elastic job hvd.elastic.run calls it again after every change
     of workers, with the state it keeps in memory."""
@@ -155,7 +178,15 @@ class TrainingRun:
         self.config, self.device = config, device
         self.trainer = self.input = None
         self.stop_request = StopRequest()
+        # Horovod: signalling horovodrun itself stops every rank, like signalling the ranks.
+        LauncherWatch(self.stop_request)
+        self.watchdog = Watchdog(config.hang_timeout_secs, hvd.rank(), socket.gethostname())
+        self.watchdog.on_hang = self.release_train_dir
         self.log = self.checkpoints = None  # rank 0's, opened by whichever process is rank 0
+        self.lock = None  # rank 0's claim on the train_dir
+        self.notes = []   # rank 0's lines about the train_dir, said once the log is open
+        self.previous_run = None  # how the run before this one in the train_dir was set up
+        self.last_checkpoint_step = None
 
     def __call__(self, elastic_state=None):
         config, trainer = self.config, self.trainer
@@ -163,14 +194,14 @@ class TrainingRun:
         is_chief = rank == 0  # Horovod: rank 0 alone writes checkpoints, summaries and the log.
         restored = None
         if elastic_state is None or not elastic_state.set_up:
-            fail_together(lambda: prepare_train_dir(config.train_dir, config.fresh)  # Horovod:
-                          if is_chief else None)
-            restored = fail_together(  # Horovod: rank 0 restores...
-                lambda: checkpoint_lib.restore_latest(trainer.checkpoint, config.train_dir)
-                if is_chief else None)
+            # Horovod: rank 0 claims the train_dir and restores...
+            restored = fail_together(lambda: self.claim_and_restore() if is_chief else None)
             # Horovod: ...and every rank starts from rank 0's initial (or restored) state.
             hvd.broadcast_variables(trainer.state_variables(), root_rank=0)
         step = int(trainer.global_step.numpy())
+        if self.last_checkpoint_step is None and restored is not None:
+            self.last_checkpoint_step = step  # Horovod: every rank knows it from the broadcast
+        self.note_resume_point()
         if elastic_state is not None:
             # Horovod: the workers may have changed, and with them the shards and the rate.
             self.input = open_input(config, size, hvd.local_rank())
@@ -180,19 +211,81 @@ class TrainingRun:
         batches = rank_batches(config, self.input, size, rank, step)
         # Horovod: collect each rank's device so rank 0 can show the whole job in one line.
         devices = hvd.allgather_object(self.device)
-        if is_chief:
-            self.open_output()
-            self.announce(size, devices, step, restored, elastic_state is not None)
-        step = self.loop(step, batches, elastic_state)
+        # Horovod: rank 0 opens the log and says how the run is set up.
+        fail_together(lambda: self.open_output(size, devices, step, restored,
+                                               elastic_state is not None) if is_chief else None)
+        if elastic_state is not None:
+            step = self.loop(step, batches, elastic_state)
+        else:
+            step = self.loop_reporting_lost_peers(step, batches)
         self.finish(step)
 
-    def open_output(self):
-        """Rank 0's log, TensorBoard writer and checkpoint manager, once per process."""
+    def claim_and_restore(self):
+        """Rank 0: lock the train_dir, clean what a killed run left, restore its newest
+        checkpoint; the checkpoint's path or None."""
+        config = self.config
+        if config.fresh and os.path.isdir(config.train_dir) and os.listdir(config.train_dir):
+            # Moving a folder aside is for a run that is over: its lock must be free too.
+            train_dir_lib.TrainDirLock(config.train_dir, config.take_over_train_dir).release()
+        train_dir_lib.prepare(config.train_dir, config.fresh)
+        self.lock = train_dir_lib.TrainDirLock(config.train_dir, config.take_over_train_dir)
+        self.notes += self.lock.notes
+        for leftover in train_dir_lib.remove_unfinished_checkpoints(config.train_dir):
+            self.notes.append(f"removed {leftover}, a checkpoint a stopped run did not finish")
+        self.previous_run = train_dir_lib.read_run_record(config.train_dir)
+        return checkpoint_lib.restore_latest(self.trainer.checkpoint, config.train_dir,
+                                             use_fp16=config.use_fp16)
+
+    def release_train_dir(self):
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def note_resume_point(self):
+        if self.last_checkpoint_step is not None:
+            self.watchdog.resume_hint = ("; rerun the same command to resume from step "
+                                         f"{self.last_checkpoint_step}")
+        else:
+            self.watchdog.resume_hint = "; no checkpoint was written yet"
+
+    def loop_reporting_lost_peers(self, step, batches):
+        """The loop, where a collective that fails because another rank is gone ends this
+        rank with one line naming it (rather than Horovod's traceback)."""
+        try:
+            return self.loop(step, batches, None)
+        except tf.errors.OpError as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            if not any(marker in str(error) for marker in LOST_PEER_MARKERS):
+                raise
+            raise RankFailure(
+                f"rank {hvd.rank()} on {socket.gethostname()} lost the other ranks at step "
+                f"{int(self.trainer.global_step.numpy()) + 1} ({message[:200]})"
+                f"{self.watchdog.resume_hint}") from None
+    def open_output(self, size, devices, step, restored, elastic):
+        """Rank 0's log, TensorBoard writer and checkpoint manager (once per process), and
+        the run's opening lines."""
         if self.log is None:
             self.log = Log(self.config.train_dir, self.config.max_steps)
             self.checkpoints = checkpoint_lib.manager(self.trainer.checkpoint,
                                                       self.config.train_dir,
                                                       self.config.keep_checkpoints)
+        self.announce(size, devices, step, restored, elastic)
+        self.check_room_for_checkpoints()
+
+    def checkpoint_bytes(self):
+        return sum(v.numpy().nbytes for v in self.trainer.state_variables())
+
+    def check_room_for_checkpoints(self):
+        """Say so when the disk cannot hold the checkpoints the run keeps (plus the one being
+        written)."""
+        config, size = self.config, self.checkpoint_bytes()
+        needed = size * (config.keep_checkpoints + 1)
+        free = train_dir_lib.free_bytes(config.train_dir)
+        if free < needed:
+            self.log.line(f"hvd_cifar: warning: --train_dir {config.train_dir} has "
+                          f"{free / 1e6:.1f} MB free; keeping {config.keep_checkpoints} "
+                          f"checkpoints of {size / 1e6:.1f} MB needs {needed / 1e6:.1f} MB "
+                          "(one more while a new one is written)")
 
     def announce(self, size, devices, step, restored, elastic):
         config, trainer = self.config, self.trainer
@@ -206,31 +299,62 @@ class TrainingRun:
                       f"{self.input.steps_per_epoch} steps an epoch, learning rate "
                       f"{trainer.schedule.peak_lr:.4g} ({trainer.lr_rule}), warm-up "
                       f"{trainer.warmup_steps} steps")
+        for note in self.notes:
+            self.log.line(f"hvd_cifar: {note}")
+        self.notes = []
+        record = {"ranks": size, "global_batch": self.global_batch(size),
+                  "steps_per_epoch": self.input.steps_per_epoch, "lr_rule": trainer.lr_rule,
+                  "momentum": config.momentum, "use_fp16": config.use_fp16}
         if restored:
             self.log.line(f"hvd_cifar: resuming from {restored} at step {step}")
+            changed = train_dir_lib.changes(self.previous_run, record)
+            if changed:
+                self.log.line("hvd_cifar: resuming with changes: " + ", ".join(changed))
+            if step >= config.max_steps:
+                self.log.line(f"hvd_cifar: already at step {step}, at or past --max_steps "
+                              f"{config.max_steps}: nothing to train (raise --max_steps to go "
+                              "on)")
         else:
             self.log.line(f"hvd_cifar: {'continuing' if step else 'starting'} at step "
                           f"{step} in {config.train_dir}")
+        train_dir_lib.write_run_record(config.train_dir, record)
 
     def global_batch(self, size):
         return self.config.batch_size * size * self.config.backward_passes_per_step
 
     def save_checkpoint(self, step):
-        if hvd.rank() != 0:  # Horovod: rank 0 alone writes.
+        self.watchdog.waiting_for(step, "the checkpoint of this step")
+        # Horovod: rank 0 alone writes, and every rank stops when it could not.
+        fail_together(lambda: self.write_checkpoint(step) if hvd.rank() == 0 else None)
+        self.last_checkpoint_step = step
+        self.note_resume_point()
+
+    def write_checkpoint(self, step):
+        train_dir = self.config.train_dir
+        newest = tf.train.latest_checkpoint(train_dir)
+        if newest == os.path.join(train_dir, f"{checkpoint_lib.CHECKPOINT_PREFIX}-{step}"):
             return
-        path = os.path.join(self.config.train_dir, f"{checkpoint_lib.CHECKPOINT_PREFIX}-{step}")
-        if tf.train.latest_checkpoint(self.config.train_dir) != path:
+        try:
             self.checkpoints.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as error:
+            train_dir_lib.remove_unfinished_checkpoints(train_dir)
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "failed"
+            raise UserError(
+                f"cannot write checkpoint {step} to --train_dir {train_dir}: {reason[:300]}; "
+                f"a checkpoint needs {self.checkpoint_bytes() / 1e6:.1f} MB, "
+                f"{train_dir_lib.free_bytes(train_dir) / 1e6:.1f} MB are free; the newest "
+                f"complete checkpoint is {newest}") from None
 
     def loop(self, step, batches, elastic_state):
         """Train from step to max_steps; the step reached."""
-        config, trainer, log = self.config, self.trainer, self.log
+        config, trainer = self.config, self.trainer
         is_chief = hvd.rank() == 0  # Horovod:
         global_batch = self.global_batch(hvd.size())
         interval_losses, interval_accuracies = [], []
         running_loss = None
         interval_start = time.perf_counter()
         while step < config.max_steps:
+            self.watchdog.waiting_for(step + 1, "the training step and its gradient all-reduce")
             loss, accuracy = trainer.step(batches)
             step += 1
             interval_losses.append(loss)
@@ -243,6 +367,7 @@ class TrainingRun:
                 continue
             # Horovod: losses and accuracies are averaged over ranks, so all ranks see one
             # number; a stop request on any rank makes the averaged signal non-zero on all.
+            self.watchdog.waiting_for(step, "the all-reduce of the logged loss")
             mean_loss, mean_accuracy, stop_signal = (float(v) for v in hvd.allreduce(
                 tf.stack([tf.reduce_mean(interval_losses), tf.reduce_mean(interval_accuracies),
                           float(self.stop_request.signal_number)]),
@@ -251,14 +376,13 @@ class TrainingRun:
             running_loss = (mean_loss if running_loss is None
                             else 0.9 * running_loss + 0.1 * mean_loss)
             elapsed = time.perf_counter() - interval_start
-            if is_chief:
-                log.step(step, {"loss": mean_loss, "accuracy": mean_accuracy,
-                                # the rate of the update that made this step
-                                "learning_rate": float(trainer.schedule(step - 1)),
-                                "examples_per_sec": global_batch * len(interval_losses) / elapsed,
-                                "sec_per_batch": elapsed / len(interval_losses)})
-                if config.summary_histograms:
-                    write_histograms(trainer.model, trainer.last_images, log.writer, step)
+            values = {"loss": mean_loss, "accuracy": mean_accuracy,
+                      # the rate of the update that made this step
+                      "learning_rate": float(trainer.schedule(step - 1)),
+                      "examples_per_sec": global_batch * len(interval_losses) / elapsed,
+                      "sec_per_batch": elapsed / len(interval_losses)}
+            # Horovod: rank 0 writes the log, and every rank stops when it could not.
+            fail_together(lambda: self.write_log(step, values) if is_chief else None)
             if step % config.checkpoint_every_steps == 0:
                 self.save_checkpoint(step)
             if stop_signal:
@@ -267,12 +391,19 @@ class TrainingRun:
             interval_start = time.perf_counter()
         return step
 
+    def write_log(self, step, values):
+        self.log.step(step, values)
+        if self.config.summary_histograms:
+            write_histograms(self.trainer.model, self.trainer.last_images, self.log.writer,
+                             step)
+
     def stop(self, step):
         signal_number = self.stop_request.signal_number or signal.SIGTERM
         self.save_checkpoint(step)
         # Horovod: nobody exits before rank 0's checkpoint is complete, since the launcher
         # kills the remaining ranks as soon as one has exited.
         hvd.allreduce(tf.constant(0.0), name="checkpoint_written")
+        self.watchdog.idle()
         if hvd.rank() == 0:  # Horovod:
             self.log.line(f"hvd_cifar: stopped by {signal.Signals(signal_number).name} at step "
                           f"{step}; checkpoint written, run the same command again to resume")
@@ -281,6 +412,7 @@ class TrainingRun:
 
     def finish(self, step):
         self.save_checkpoint(step)
+        self.watchdog.waiting_for(step, "the last check of the weights")
         # Horovod: a last check that synchronous SGD kept every rank's weights identical.
         digests = hvd.allgather_object(weights_digest(self.trainer.model.trainable_variables))
         if hvd.rank() == 0:  # Horovod:
@@ -290,26 +422,7 @@ class TrainingRun:
                 raise UserError("the ranks' weights differ after training: gradients were not "
                                 "averaged identically")
             self.log.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# train_dir
-
-def prepare_train_dir(train_dir, fresh):
-    """Create train_dir (and with --fresh move an old one aside); fail early when unwritable."""
-    if fresh and os.path.isdir(train_dir) and os.listdir(train_dir):
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        previous = f"{train_dir.rstrip('/')}.previous-{stamp}"
-        os.rename(train_dir, previous)
-        print(f"--fresh: moved the previous run to {previous}", flush=True)
-    try:
-        os.makedirs(train_dir, exist_ok=True)
-        probe = os.path.join(train_dir, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as error:
-        raise UserError(f"--train_dir {train_dir} is not writable: {error.strerror}") from None
+        self.watchdog.idle()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,6 +433,7 @@ class Log:
     bar instead on a terminal, and TensorBoard scalars."""
 
     def __init__(self, train_dir, max_steps):
+        self.train_dir = train_dir
         self.file = open(os.path.join(train_dir, "train.log"), "a")
         self.writer = tf.summary.create_file_writer(train_dir)
         # A bar only for a person at a terminal: mpirun also hands its ranks a pty, but there
@@ -331,8 +445,11 @@ class Log:
     def line(self, text, to_stdout=True):
         if to_stdout:
             print(text, flush=True)
-        self.file.write(text + "\n")
-        self.file.flush()
+        try:
+            self.file.write(text + "\n")
+            self.file.flush()
+        except OSError as error:
+            raise UserError(f"cannot write {self.file.name}: {error.strerror}") from None
 
     def step(self, step, values):
         text = ("%s: step %d, loss = %.2f (%.1f examples/sec; %.3f sec/batch)"
@@ -343,9 +460,13 @@ class Log:
             # Keras ends the bar with a newline when step reaches max_steps.
             self.progress.update(step, [("loss", values["loss"]),
                                         ("accuracy", values["accuracy"])])
-        with self.writer.as_default(step=step):
-            for name, value in values.items():
-                tf.summary.scalar(name, value)
+        try:
+            with self.writer.as_default(step=step):
+                for name, value in values.items():
+                    tf.summary.scalar(name, value)
+        except tf.errors.OpError as error:
+            raise UserError(f"cannot write the TensorBoard events in {self.train_dir}: "
+                            f"{str(error).strip().splitlines()[0]}") from None
 
     def close(self):
         self.writer.close()
