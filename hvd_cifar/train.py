@@ -12,6 +12,7 @@ up, input, restore, loop, finish. Every line that exists because of distribution
 import dataclasses
 import datetime
 import os
+import re
 import signal
 import socket
 import sys
@@ -254,12 +255,18 @@ class TrainingRun:
         try:
             return self.loop(step, batches, None)
         except tf.errors.OpError as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
             if not any(marker in str(error) for marker in LOST_PEER_MARKERS):
                 raise
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            # The reason is a line of Horovod's or Gloo's, not one of TensorFlow's node trace.
+            reasons = [line for line in lines if any(m in line for m in LOST_PEER_MARKERS)
+                       and "node" not in line and not line.startswith("File ")]
+            # TensorFlow appends the failing node's name in [[...]]: not the user's business.
+            reason = (re.sub(r"\s*\[\[.*", "", reasons[-1]).split(". ")[0] if reasons
+                      else "a collective failed")
             raise RankFailure(
                 f"rank {hvd.rank()} on {socket.gethostname()} lost the other ranks at step "
-                f"{int(self.trainer.global_step.numpy()) + 1} ({message[:200]})"
+                f"{int(self.trainer.global_step.numpy()) + 1} ({reason[:200]})"
                 f"{self.watchdog.resume_hint}") from None
     def open_output(self, size, devices, step, restored, elastic):
         """Rank 0's log, TensorBoard writer and checkpoint manager (once per process), and

@@ -95,19 +95,38 @@ def test_a_second_job_on_a_train_dir_in_use_refuses_and_touches_nothing(tiny_dat
 
 def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_note(tiny_data, tmp_path):
     train_dir = tmp_path / "run"
-    os.makedirs(train_dir)
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    (train_dir / "run.lock").write_text(json.dumps(
-        {"host": socket.gethostname(), "pid": dead.pid, "started": "2026-01-01T00:00:00",
-         "slurm_job_id": None}))
+    with launched(train_command(tiny_data, train_dir, 100_000, ranks=1)) as killed:
+        wait_for_step(train_dir, 10)
+        holder = json.loads((train_dir / "run.lock").read_text())
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    assert wait_until_gone(train_dir)
     result = python_module("hvd_cifar.train", "--data_dir", tiny_data, "--train_dir", train_dir,
                            "--max_steps", 5, *TRAIN_FLAGS)
     assert result.returncode == 0, result.stderr
-    assert f"took over the lock of host {socket.gethostname()}, process {dead.pid}" in \
-        result.stdout
-    assert f"process {dead.pid} of this host is gone" in result.stdout
+    assert (f"took over the lock of host {socket.gethostname()}, process {holder['pid']}, "
+            f"started {holder['started']}") in result.stdout
+    assert f"process {holder['pid']} of this host is gone" in result.stdout
     assert not (train_dir / "run.lock").exists()
+
+
+@pytest.mark.distributed
+def test_a_stopped_rank_under_gloo_ends_the_others_in_one_line_each(tiny_data, tmp_path):
+    train_dir = tmp_path / "run"
+    command = train_command(tiny_data, train_dir, 100_000, controller="gloo",
+                            extra=["--checkpoint_every_steps", 10])
+    with launched(command, env={"HOROVOD_GLOO_TIMEOUT_SECONDS": "20"}) as job:
+        wait_for_step(train_dir, 20)
+        os.kill(trainer_pids(train_dir, "HOROVOD_RANK=1")[0], signal.SIGSTOP)
+        output, _ = job.communicate(timeout=300)
+    assert job.returncode != 0
+    assert wait_until_gone(train_dir)
+    rank_0 = [line for line in error_lines(output) if line.startswith("[0]")]
+    assert len(rank_0) == 1, output[-3000:]
+    assert re.search(rf"rank 0 on {re.escape(socket.gethostname())} lost the other ranks at "
+                     r"step \d+ \(.+\); rerun the same command to resume from step \d+",
+                     rank_0[0]), rank_0
+    assert "Traceback" not in "".join(l for l in output.splitlines() if l.startswith("[0]"))
 
 
 def test_a_lock_of_another_host_is_stale_only_when_it_stopped_being_refreshed(

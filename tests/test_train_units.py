@@ -190,3 +190,18 @@ def test_the_loss_guard_ignores_warm_up_and_stops_an_explosion_after_it():
         trainer_lib.check_loss(8.1, 2.0, step=101, trainer=FakeTrainer())
     with pytest.raises(UserError, match="loss is nan at step 5: training diverged"):
         trainer_lib.check_loss(float("nan"), None, step=5, trainer=FakeTrainer())
+
+
+@pytest.mark.parametrize("shutdown, check, refused", [("30", None, True), ("59", "60", True),
+                                                      ("300", None, False), ("20", "10", False),
+                                                      ("0", None, False)])
+def test_a_stall_shutdown_below_horovods_warning_time_is_refused(shutdown, check, refused):
+    environment = {"HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": shutdown}
+    if check is not None:
+        environment["HOROVOD_STALL_CHECK_TIME_SECONDS"] = check
+    if refused:
+        with pytest.raises(UserError, match=f"HOROVOD_STALL_SHUTDOWN_TIME_SECONDS={shutdown} is "
+                           "below HOROVOD_STALL_CHECK_TIME_SECONDS"):
+            distributed.check_stall_times(environment)
+    else:
+        distributed.check_stall_times(environment)
