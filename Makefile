@@ -10,6 +10,7 @@ NP         ?= 2
 STEPS      ?= 200
 DATA_DIR   ?= data
 TRAIN_DIR  ?= runs/train
+TRAIN_FLAGS ?=
 # Where there is no internet (like the machines this project is built on), `make train` trains
 # on this JPEG copy of CIFAR-10 instead of downloading the official archive; it says so.
 JPEG_DATA  ?= ../shared/data/cifar10-jpeg.tar.gz
@@ -20,6 +21,8 @@ BENCH_REPEATS ?= 3
 # Open MPI refuses to run as root unless both are set (containers and CI run as root).
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+# TensorFlow's C++ start-up lines, from horovodrun too (it imports TensorFlow to check the build).
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install train test data reproduce bench
 
@@ -41,8 +44,13 @@ data: install
 
 train: data
 	$(HOROVODRUN) -np $(NP) --mpi $(PYTHON) -m hvd_cifar.train --data_dir $(DATA_DIR) \
-	  --train_dir $(TRAIN_DIR) --max_steps $(STEPS) --log_frequency 20
+	  --train_dir $(TRAIN_DIR) --max_steps $(STEPS) --log_frequency 20 $(TRAIN_FLAGS)
 	$(PYTHON) -m hvd_cifar.evaluate --data_dir $(DATA_DIR) --checkpoint_dir $(TRAIN_DIR) --run_once
+	@echo "make: the run is in $(TRAIN_DIR) (checkpoints, train.log, eval.json). Next:"
+	@echo "  $(VENV)/bin/tensorboard --logdir $(TRAIN_DIR)        # the curves"
+	@echo "  make train STEPS=2000                                # train on from the checkpoint"
+	@echo "  $(PYTHON) -m hvd_cifar.predict --checkpoint_dir $(TRAIN_DIR) IMAGE.png"
+	@echo "  $(PYTHON) -m hvd_cifar.check --data_dir $(DATA_DIR)  # before a long run"
 
 test: install
 	bash tests/cluster/system_packages.sh

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from hvd_cifar import data, model as model_lib
 from hvd_cifar.config import (UserError, flag, non_negative_int, parse_command, positive_float,
-                              positive_int, run_command)
+                              positive_int, run_command, say)
 
 MATMUL_SIZE = 2048         # 17 GFLOP a product: long enough to time, small enough for 2 cores
 MATMUL_REPEATS = 10
@@ -351,7 +351,7 @@ def run(config):
                 return
             rate = measured["images_per_sec_per_rank"]
         rows = scaling_model(model_lib.NUM_PARAMETERS, rate)
-        print(json.dumps(rows) if config.json else scaling_table(rows, rate))
+        say(json.dumps(rows) if config.json else scaling_table(rows, rate))
         return
     if config.framework == "keras":
         result = bench_keras(config)
@@ -361,7 +361,7 @@ def run(config):
         with tempfile.TemporaryDirectory(prefix="hvd_cifar-bench-") as scratch_dir:
             result = bench_horovod(config, scratch_dir)
     if result is not None:
-        print(json.dumps(result) if config.json else report(result), flush=True)
+        say(json.dumps(result) if config.json else report(result))
 
 
 def main(argv=None):

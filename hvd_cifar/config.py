@@ -28,8 +28,16 @@ class RankFailure(UserError):
     it, naming itself."""
 
 
+def say(text, stream=None):
+    """Print one line in one write: launchers that tag every piece of a rank's output
+    (mpirun's `[1,0]<stdout>:`) would otherwise split a line printed in two writes."""
+    stream = stream or sys.stdout
+    stream.write(f"{text}\n")
+    stream.flush()
+
+
 def fail(message, status=1):
-    print(f"hvd_cifar: error: {message}", file=sys.stderr, flush=True)
+    say(f"hvd_cifar: error: {message}", sys.stderr)
     sys.exit(status)
 
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 from horovod.common.elastic import ObjectState
 
-from hvd_cifar.config import UserError
+from hvd_cifar.config import UserError, say
 
 # Horovod: a rank that waits in a collective longer than this (another rank died or hangs)
 # shuts the job down instead of hanging forever; Horovod's default, 0, never does.
@@ -31,6 +31,17 @@ def set_launch_defaults():
         # Open MPI busy-polls while a rank waits, taking the cores CPU ranks compute on
         # (docs/results/benchmark.md measures the difference).
         os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+
+
+def set_timeline(path, mark_cycles=False):
+    """Horovod: record its timeline (negotiation and all-reduce of every tensor, written by
+    rank 0) to path; Horovod reads these at hvd.init(), so this works under every launcher."""
+    if path:
+        # Horovod writes nothing, and says nothing, when the file's folder is missing.
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        os.environ["HOROVOD_TIMELINE"] = os.path.abspath(path)
+        if mark_cycles:
+            os.environ["HOROVOD_TIMELINE_MARK_CYCLES"] = "1"
 
 
 def check_stall_times(environment):
@@ -64,9 +75,8 @@ def pin_devices(local_rank, local_size, threads_per_rank=0):
     cores = len(os.sched_getaffinity(0))
     gpu, threads = plan_devices(gpus, local_rank, local_size, cores, threads_per_rank)
     if gpu is None and threads * local_size > cores and local_rank == 0:
-        print(f"hvd_cifar: warning: --threads_per_rank {threads} x {local_size} ranks on this "
-              f"host is more than its {cores} cores; the ranks will slow each other down",
-              flush=True)
+        say(f"hvd_cifar: warning: --threads_per_rank {threads} x {local_size} ranks on this "
+            f"host is more than its {cores} cores; the ranks will slow each other down")
     if gpu is not None:
         for device in gpus:
             tf.config.experimental.set_memory_growth(device, True)
@@ -235,10 +245,10 @@ class Watchdog:
             phase, waited = self.phase, time.monotonic() - self.since
             if phase is not None and waited > self.timeout_seconds:
                 step, what = phase
-                print(f"hvd_cifar: error: rank {self.rank} on {self.host} waited {waited:.0f} s "
-                      f"(--hang_timeout_secs {self.timeout_seconds:g}) at step {step} for "
-                      f"{what}: a rank or device of the job stopped answering; ending the job"
-                      f"{self.resume_hint}", file=sys.stderr, flush=True)
+                say(f"hvd_cifar: error: rank {self.rank} on {self.host} waited {waited:.0f} s "
+                    f"(--hang_timeout_secs {self.timeout_seconds:g}) at step {step} for "
+                    f"{what}: a rank or device of the job stopped answering; ending the job"
+                    f"{self.resume_hint}", sys.stderr)
                 if self.on_hang is not None:
                     self.on_hang()
                 # The main thread is blocked inside a collective: only leaving the process

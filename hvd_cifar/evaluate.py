@@ -19,7 +19,7 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 
 from hvd_cifar import checkpoint as checkpoint_lib, data
-from hvd_cifar.config import UserError, flag, parse_command, positive_int, run_command
+from hvd_cifar.config import UserError, flag, parse_command, positive_int, run_command, say
 from hvd_cifar.distributed import fail_together
 from hvd_cifar.files import write_atomically
 
@@ -117,8 +117,8 @@ def evaluate_once(config, checkpoint_path, test_paths, names):
     if hvd.rank() != 0:
         return None
     summary = summarize(counts, names, global_step, checkpoint_path)
-    print(f"{datetime.datetime.now()}: precision @ 1 = {summary['precision_at_1']:.3f} "
-          f"(step {global_step}, {summary['num_examples']} examples)", flush=True)
+    say(f"{datetime.datetime.now()}: precision @ 1 = {summary['precision_at_1']:.3f} "
+        f"(step {global_step}, {summary['num_examples']} examples)")
     write_json(os.path.join(output_dir(config), "eval.json"), summary)
     plot_confusion(counts, names, f"step {global_step}: precision @ 1 = "
                    f"{summary['precision_at_1']:.3f}",
@@ -219,9 +219,9 @@ def evaluate(config):
     writer = None
     if hvd.rank() == 0:
         writer = tf.summary.create_file_writer(scalars_dir)
-        print(f"hvd_cifar: watching {config.checkpoint_dir} for new checkpoints every "
-              f"{config.eval_interval_secs} s (TensorBoard scalars in {scalars_dir}); Ctrl-C "
-              "stops", flush=True)
+        say(f"hvd_cifar: watching {config.checkpoint_dir} for new checkpoints every "
+            f"{config.eval_interval_secs} s (TensorBoard scalars in {scalars_dir}); Ctrl-C "
+            "stops")
     evaluated = None
     while True:
         # Horovod: rank 0 decides which checkpoint is next, so all ranks evaluate the same one.

@@ -23,9 +23,9 @@ import horovod.tensorflow as hvd
 
 from hvd_cifar import checkpoint as checkpoint_lib, data, train_dir as train_dir_lib
 from hvd_cifar.config import (RankFailure, Stopped, UserError, flag, non_negative_float,
-                              non_negative_int, parse_command, positive_int, run_command)
+                              non_negative_int, parse_command, positive_int, run_command, say)
 from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Watchdog,
-                                   fail_together, pin_devices, set_launch_defaults)
+                                   fail_together, pin_devices, set_launch_defaults, set_timeline)
 from hvd_cifar.trainer import Trainer, TrainerConfig, check_loss, weights_digest
 
 # Synthetic runs count epochs as CIFAR-10's training set, so their schedule matches a real run.
@@ -58,6 +58,11 @@ class TrainConfig(TrainerConfig):
                        "<train_dir>.previous-<time> instead of resuming it")
     take_over_train_dir: bool = flag(False, "take the train_dir over even though its lock "
                                      "says another run is using it (only when that run is gone)")
+    horovod_timeline: str = flag(None, "write Horovod's timeline (negotiation and all-reduce "
+                                 "of every tensor; rank 0) to this file, for chrome://tracing "
+                                 "or ui.perfetto.dev", str)
+    horovod_timeline_mark_cycles: bool = flag(False, "mark Horovod's background cycles in the "
+                                              "timeline")
     hang_timeout_secs: float = flag(DEFAULT_HANG_TIMEOUT_SECONDS, "end the job when a rank has "
                                     "waited this long for a step, its all-reduce or a "
                                     "checkpoint (another rank hangs); 0 never does",
@@ -80,6 +85,7 @@ class TrainConfig(TrainerConfig):
 def train(config):
     """Set up, open the input, build the trainer, then run (restore, loop, finish)."""
     set_launch_defaults()
+    set_timeline(config.horovod_timeline, config.horovod_timeline_mark_cycles)
     if config.elastic and os.environ.get("HOROVOD_ELASTIC") != "1":
         raise UserError("--elastic needs an elastic launch: horovodrun --min-np N --max-np M "
                         "--host-discovery-script SCRIPT (see launch/elastic.sh)")
@@ -451,7 +457,7 @@ class Log:
 
     def line(self, text, to_stdout=True):
         if to_stdout:
-            print(text, flush=True)
+            say(text)
         try:
             self.file.write(text + "\n")
             self.file.flush()

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 
-from hvd_cifar.config import UserError
+from hvd_cifar.config import UserError, say
 from hvd_cifar.files import write_atomically
 
 LOCK_NAME = "run.lock"
@@ -37,7 +37,7 @@ def prepare(train_dir, fresh):
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         previous = f"{train_dir.rstrip('/')}.previous-{stamp}"
         os.rename(train_dir, previous)
-        print(f"--fresh: moved the previous run to {previous}", flush=True)
+        say(f"--fresh: moved the previous run to {previous}")
     try:
         os.makedirs(train_dir, exist_ok=True)
     except OSError as error:

@@ -6,3 +6,5 @@ bin=${VENV_BIN:-$repo_root/.venv/bin}
 if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
+# TensorFlow's C++ start-up lines, from horovodrun too (it imports TensorFlow to check the build).
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}

@@ -1,11 +1,14 @@
 import os
+import subprocess
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from helpers import write_cifar_dir  # noqa: E402
+from helpers import REPO_ROOT, write_cifar_dir  # noqa: E402
+
+CLUSTER = os.path.join(REPO_ROOT, "tests", "cluster")
 
 
 @pytest.fixture(scope="module")
@@ -15,3 +18,17 @@ def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     write_cifar_dir(str(root), train_per_file=40, num_test=30)
     return root
+
+
+@pytest.fixture(scope="module")
+def namespace_hosts():
+    """Hosts 10.200.0.2 (hvdA) and 10.200.0.3 (hvdB); the environment that reaches them."""
+    made = subprocess.run([os.path.join(CLUSTER, "netns.sh"), "up"], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.fail("two-host tests need root and iproute2 to make network namespaces: "
+                    + made.stderr)
+    try:
+        yield {"PATH": f"{CLUSTER}:{os.environ['PATH']}"}
+    finally:
+        subprocess.run([os.path.join(CLUSTER, "netns.sh"), "down"], capture_output=True)

@@ -153,3 +153,8 @@ def scalars(train_dir, tag):
                 if value.tag == tag:
                     values[event.step] = float(tf.make_ndarray(value.tensor))
     return values
+
+
+def link_bytes(link):
+    statistics = f"/sys/class/net/{link}/statistics"
+    return sum(int(open(f"{statistics}/{kind}_bytes").read()) for kind in ("rx", "tx"))

@@ -72,3 +72,20 @@ def test_local_sh_starts_n_cpu_ranks_and_passes_the_train_flags(tiny_data, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     assert "launch/local.sh: 2 ranks on" in result.stdout and "mpi controller" in result.stdout
     assert "finished at step 6" in result.stdout
+
+
+def test_sbatch_check_sh_reports_the_allocation(slurm, tiny_data, tmp_path):
+    result = run(["sbatch", "--wait", "--ntasks-per-node=2", "--gpus-per-task=0",
+                  "--cpus-per-task=1", "--time=10",
+                  f"--export=ALL,VENV={os.path.dirname(BIN)},DATA_DIR={tiny_data}",
+                  os.path.join(REPO_ROOT, "slurm", "check.sh"), "--step_seconds", "0.5",
+                  "--allreduce_repeats", "5", "--batch_size", "16"],
+                 env=slurm, cwd=tmp_path)
+    job_id = re.search(r"Submitted batch job (\d+)", result.stdout).group(1)
+    log = (tmp_path / f"hvd_cifar-check-{job_id}.out").read_text()
+    assert result.returncode == 0, log[-3000:]
+    # srun started the ranks through MPI: MPI alone is checked too.
+    assert re.search(r"^mpi +PASS +MPI alone: all-reduce of 2 ranks exact", log, re.MULTILINE)
+    assert re.search(r"^allreduce +PASS +sum and broadcast exact over 2 ranks \(MPI\)", log,
+                     re.MULTILINE)
+    assert re.search(r"^verdict: (pass|warn) \(2 ranks on 1 host\(s\)\)$", log, re.MULTILINE)

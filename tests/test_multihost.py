@@ -2,39 +2,18 @@
 joined by veth links, reached through an ssh stand-in (tests/cluster/ssh). Needs root and
 iproute2; .ci/run runs as root."""
 import os
-import subprocess
 
 import pytest
 
-from helpers import BIN, REPO_ROOT, run, weights_digests
+from helpers import BIN, REPO_ROOT, link_bytes, run, weights_digests
 
 pytestmark = pytest.mark.distributed
 
-CLUSTER = os.path.join(REPO_ROOT, "tests", "cluster")
 FLAGS = ["--max_steps", "6", "--batch_size", "16", "--no_download", "--seed", "3",
          # One thread a rank in both topologies, so their float sums are the same.
          "--threads_per_rank", "1"]
 MEGABYTE = 1 << 20
 
-
-
-@pytest.fixture(scope="module")
-def namespace_hosts():
-    """Hosts 10.200.0.2 (hvdA) and 10.200.0.3 (hvdB); the environment that reaches them."""
-    made = subprocess.run([os.path.join(CLUSTER, "netns.sh"), "up"], capture_output=True,
-                          text=True)
-    if made.returncode != 0:
-        pytest.fail("two-host tests need root and iproute2 to make network namespaces: "
-                    + made.stderr)
-    try:
-        yield {"PATH": f"{CLUSTER}:{os.environ['PATH']}"}
-    finally:
-        subprocess.run([os.path.join(CLUSTER, "netns.sh"), "down"], capture_output=True)
-
-
-def link_bytes(link):
-    statistics = f"/sys/class/net/{link}/statistics"
-    return sum(int(open(f"{statistics}/{kind}_bytes").read()) for kind in ("rx", "tx"))
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,8 @@ def test_two_ranks_train_as_one_job_with_identical_weights_and_only_rank_0_write
         "ckpt-10.index", "ckpt-12.index", "ckpt-5.index"]
     assert len(glob.glob(str(train_dir / "events.out.tfevents.*"))) == 1
     assert sorted(os.listdir(train_dir)) == sorted(
-        ["checkpoint", "train.log", os.path.basename(glob.glob(str(train_dir / "events*"))[0])]
+        ["checkpoint", "train.log", "run.json",
+         os.path.basename(glob.glob(str(train_dir / "events*"))[0])]
         + [f"ckpt-{s}.{ext}" for s in (5, 10, 12) for ext in ("index", "data-00000-of-00001")])
     # The global batch is 32 and the examples/sec count all ranks.
     assert "global batch 32 (16 x 2 ranks x 1 passes), 6 steps an epoch" in output

@@ -1,0 +1,410 @@
+"""Is this node, or this whole allocation, ready to train? Started exactly like training:
+
+    python -m hvd_cifar.check                               (this host alone)
+    horovodrun -np 8 -hostfile hosts python -m hvd_cifar.check --data_dir /shared/cifar
+    mpirun -np 8 python -m hvd_cifar.check    |    srun python -m hvd_cifar.check
+    sbatch slurm/check.sh
+
+Every rank checks its GPUs against nvidia-smi, compiles with XLA, takes part in an all-reduce
+and a broadcast whose results are known, times the all-reduce of one step's gradients and its
+own training step, and looks at the data; launched by mpirun or srun it also checks MPI alone
+(mpi4py). Rank 0 prints one line a check, PASS / WARN / FAIL, then the verdict (--json: one
+JSON object, the last line). Exit status 0 for pass or warn, 1 for fail.
+"""
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from hvd_cifar import data, model as model_lib
+from hvd_cifar.config import (UserError, flag, non_negative_int, parse_command, positive_float,
+                              positive_int, run_command, say)
+
+# A GPU below this compute capability gains little from float16 (no tensor cores).
+MIXED_PRECISION_CAPABILITY = (7, 0)
+# A rank whose training step is this much slower than the median one holds the others back.
+STRAGGLER_FACTOR = 1.2
+# TensorFlow 2.15's CUDA 12.2 needs at least this driver (CUDA's minor-version compatibility).
+MINIMUM_DRIVER = (525, 60)
+
+
+@dataclasses.dataclass
+class CheckConfig:
+    data_dir: str = flag("data", "the training data folder every host must see (or be able "
+                         "to download into)")
+    train_dir: str = flag("runs/train", "the folder rank 0 will write checkpoints to")
+    batch_size: int = flag(128, "examples a rank processes in one timed step", positive_int)
+    step_seconds: float = flag(3.0, "how long each rank times its training step",
+                               positive_float)
+    allreduce_repeats: int = flag(20, "timed all-reduces of one step's gradients",
+                                  positive_int)
+    threads_per_rank: int = flag(0, "TensorFlow threads of each CPU rank (0: the host's cores "
+                                 "split between its ranks)", non_negative_int)
+    require_gpu: bool = flag(False, "fail when a rank has no GPU (by default a CPU job passes)")
+    json: bool = flag(False, "print the report as one JSON object (the last line)")
+    horovod_timeline: str = flag(None, "write Horovod's timeline of this check to this file "
+                                 "(rank 0)", str)
+    horovod_timeline_mark_cycles: bool = flag(False, "mark Horovod's cycles in the timeline")
+
+
+# ---------------------------------------------------------------------------------------------
+# Facts about this rank's host (no Horovod)
+
+def nvidia_smi_gpus():
+    """[{index, name, driver, compute_capability}] from nvidia-smi, [] when it lists none, or
+    None when there is no nvidia-smi (or it fails, e.g. without a driver)."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        listing = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,name,driver_version,compute_cap",
+             "--format=csv,noheader"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if listing.returncode != 0:
+        return None
+    return parse_nvidia_smi(listing.stdout)
+
+
+def parse_nvidia_smi(text):
+    gpus = []
+    for line in text.strip().splitlines():
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) >= 3:
+            gpus.append({"index": fields[0], "name": fields[1], "driver": fields[2],
+                         "compute_capability": fields[3] if len(fields) > 3 else None})
+    return gpus
+
+
+def driver_too_old(driver):
+    try:
+        return tuple(int(part) for part in driver.split(".")[:2]) < MINIMUM_DRIVER
+    except ValueError:
+        return False
+
+
+def gpu_verdict(host, rank, local_rank, local_size, smi_gpus, tf_gpus, visible_devices,
+                require_gpu):
+    """(status, detail) of one rank's GPUs: what nvidia-smi lists (None: no nvidia-smi)
+    against what TensorFlow sees, with the classic causes named."""
+    listed = len(smi_gpus or [])
+    if listed and not tf_gpus:
+        driver = smi_gpus[0]["driver"]
+        if visible_devices is not None and visible_devices.strip() in ("", "-1", "none"):
+            cause = f"CUDA_VISIBLE_DEVICES={visible_devices!r} hides them"
+        elif driver_too_old(driver):
+            cause = (f"driver {driver} is too old for CUDA 12.2 (TensorFlow 2.15 needs "
+                     f"{MINIMUM_DRIVER[0]}.{MINIMUM_DRIVER[1]} or newer)")
+        else:
+            cause = ("TensorFlow cannot load the CUDA libraries (install "
+                     "tensorflow[and-cuda]==2.15.1: HVD_CIFAR_GPU=1 make install)")
+        return "FAIL", f"rank {rank} on {host}: nvidia-smi lists {listed} GPUs, TensorFlow " \
+                       f"sees none: {cause}"
+    if tf_gpus and local_rank >= len(tf_gpus):
+        return "FAIL", (f"rank {rank} on {host} has no GPU: {local_size} ranks on this host, "
+                        f"{len(tf_gpus)} GPUs (start one rank per GPU)")
+    if not tf_gpus:
+        if require_gpu:
+            return "FAIL", (f"rank {rank} on {host} has no GPU (--require_gpu): "
+                            + ("no nvidia-smi, so no NVIDIA driver" if smi_gpus is None
+                               else "nvidia-smi lists none"))
+        return "PASS", f"rank {rank} on {host}: no GPU, a CPU rank"
+    name = smi_gpus[local_rank]["name"] if smi_gpus and local_rank < len(smi_gpus) else \
+        tf_gpus[local_rank]
+    driver = f", driver {smi_gpus[0]['driver']}" if smi_gpus else ""
+    return "PASS", f"rank {rank} on {host}: GPU {local_rank} {name}{driver}"
+
+
+def capability_verdict(capabilities):
+    """(status, detail) for the compute capabilities (major, minor) the ranks' GPUs have."""
+    if not capabilities:
+        return "PASS", "no GPU: mixed precision (--use_fp16) would not pay off on CPU"
+    low = sorted({c for c in capabilities if tuple(c) < MIXED_PRECISION_CAPABILITY})
+    shown = ", ".join(sorted({f"{c[0]}.{c[1]}" for c in capabilities}))
+    if low:
+        return "WARN", (f"compute capability {shown}: below 7.0 --use_fp16 gains little "
+                        "(no tensor cores)")
+    return "PASS", f"compute capability {shown}: --use_fp16 pays off"
+
+
+def straggler_verdict(rows):
+    """(status, detail) from every rank's training rate: a rank more than STRAGGLER_FACTOR
+    slower than the median holds the whole job back."""
+    rates = [row["images_per_sec"] for row in rows]
+    median = statistics.median(rates)
+    slow = [row for row in rows if row["images_per_sec"] * STRAGGLER_FACTOR < median]
+    summary = f"median {median:,.0f} images/s a rank, slowest {min(rates):,.0f}"
+    if slow:
+        return "WARN", summary + "; stragglers: " + ", ".join(
+            f"rank {row['rank']} on {row['host']} ({row['images_per_sec']:,.0f} images/s)"
+            for row in slow)
+    return "PASS", summary
+
+
+def data_verdict(data_dir):
+    """(status, detail) of the data as this host sees it."""
+    batches_dir = os.path.join(data_dir, data.BATCHES_DIR)
+    if os.path.isdir(batches_dir):
+        try:
+            _, num_train = data.split_files(batches_dir, "train")
+            _, num_test = data.split_files(batches_dir, "test")
+        except UserError as error:
+            return "FAIL", str(error)
+        return "PASS", f"{batches_dir}: {num_train} training and {num_test} test records"
+    if os.path.isfile(os.path.join(data_dir, data.ARCHIVE_NAME)):
+        return "PASS", f"{data_dir}/{data.ARCHIVE_NAME} (extracted at the start of training)"
+    return "WARN", (f"no data in {data_dir}: training downloads {data.ARCHIVE_NAME} there "
+                    "(needs internet, or --data_url)")
+
+
+def train_dir_verdict(train_dir):
+    folder = train_dir
+    while not os.path.exists(folder):  # the nearest folder that exists must let us create it
+        folder = os.path.dirname(os.path.abspath(folder))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        return "FAIL", f"--train_dir {train_dir} is not writable (at {folder})"
+    free = shutil.disk_usage(folder).free
+    return "PASS", f"{train_dir} writable, {free / 1e9:.1f} GB free"
+
+
+def open_mpi_version():
+    try:
+        out = subprocess.run(["mpirun", "--version"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.splitlines()[0].strip() if out.strip() else None
+
+
+def launched_by_mpi():
+    """mpirun (not horovodrun --gloo) or srun started this process."""
+    return "OMPI_COMM_WORLD_SIZE" in os.environ or "PMI_SIZE" in os.environ or (
+        "SLURM_PROCID" in os.environ and "HOROVOD_RANK" not in os.environ)
+
+
+def mpi_check():
+    """Before Horovod starts: MPI on its own (mpi4py), so a failure says whether MPI or Horovod
+    is at fault. (status, detail), or None when MPI did not start this process."""
+    if not launched_by_mpi():
+        return None
+    try:
+        from mpi4py import MPI
+        comm = MPI.COMM_WORLD
+        total = comm.allreduce(comm.Get_rank() + 1)
+        hosts = comm.allgather(socket.gethostname())
+    except Exception as error:  # mpi4py raises MPI.Exception and import errors alike
+        return "FAIL", f"MPI alone fails on {socket.gethostname()}: {error}"
+    size = comm.Get_size()
+    if total != size * (size + 1) // 2:
+        return "FAIL", f"MPI's all-reduce summed {total}, expected {size * (size + 1) // 2}"
+    return "PASS", (f"MPI alone: all-reduce of {size} ranks exact on "
+                    f"{len(set(hosts))} hosts ({', '.join(sorted(set(hosts)))})")
+
+
+# ---------------------------------------------------------------------------------------------
+# The checks that need every rank
+
+def run_checks(config):
+    import tensorflow as tf
+    import horovod
+    import horovod.tensorflow as hvd
+    from hvd_cifar.distributed import pin_devices, set_launch_defaults, set_timeline
+    from hvd_cifar.trainer import Trainer, TrainerConfig
+
+    set_launch_defaults()
+    set_timeline(config.horovod_timeline, config.horovod_timeline_mark_cycles)
+    mpi = mpi_check()
+    hvd.init()  # Horovod: uses the MPI that mpi4py started, if any
+    rank, size, local_rank, local_size = hvd.rank(), hvd.size(), hvd.local_rank(), \
+        hvd.local_size()
+    host = socket.gethostname()
+    tf_gpus = [gpu.name for gpu in tf.config.list_physical_devices("GPU")]
+    smi = nvidia_smi_gpus()
+    gpu_status = gpu_verdict(host, rank, local_rank, local_size, smi, tf_gpus,
+                             os.environ.get("CUDA_VISIBLE_DEVICES"), config.require_gpu)
+    try:
+        device = pin_devices(local_rank, local_size, config.threads_per_rank)
+    except UserError as error:
+        device = f"none ({error})"
+    capability = None
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+
+    # XLA compiling a small function (the trainer's --xla compiles the forward pass).
+    try:
+        compiled = tf.function(lambda x: tf.reduce_sum(tf.nn.relu(x) * 2.0), jit_compile=True)
+        xla = ("PASS", "XLA compiled and ran a test function") if float(
+            compiled(tf.ones([4, 4]))) == 32.0 else ("FAIL", "XLA computed a wrong value")
+    except Exception as error:  # XLA reports failures as many exception types
+        xla = ("FAIL", f"XLA on rank {rank} on {host}: {str(error).splitlines()[0][:200]}")
+
+    # The all-reduce and broadcast, checked exactly: small integers are exact in float32.
+    known = np.arange(1000, dtype=np.float32) * (rank + 1)
+    summed = hvd.allreduce(tf.constant(known), op=hvd.Sum, name="check_sum").numpy()
+    expected = np.arange(1000, dtype=np.float32) * (size * (size + 1) // 2)
+    broadcast = hvd.broadcast(tf.constant(np.arange(100, dtype=np.float32) + 42 + rank),
+                              root_rank=0, name="check_broadcast").numpy()
+    correct = bool(np.array_equal(summed, expected)) and bool(
+        np.array_equal(broadcast, np.arange(100, dtype=np.float32) + 42))
+
+    # The bandwidth of one step's gradients, reported as nccl-tests does.
+    gradients = tf.ones([model_lib.NUM_PARAMETERS], tf.float32)
+    nbytes = model_lib.NUM_PARAMETERS * 4
+    for _ in range(3):
+        hvd.allreduce(gradients, op=hvd.Sum, name="check_bandwidth").numpy()
+    hvd.allreduce(tf.constant(0.0), name="check_barrier").numpy()
+    start = time.perf_counter()
+    for _ in range(config.allreduce_repeats):
+        reduced = hvd.allreduce(gradients, op=hvd.Sum, name="check_bandwidth")
+    reduced.numpy()
+    seconds = (time.perf_counter() - start) / config.allreduce_repeats
+    algbw = nbytes / seconds / 1e9
+    busbw = algbw * 2 * (size - 1) / size
+
+    # This rank's own training step (forward and backward, no all-reduce), so a slow rank is
+    # seen as itself rather than through the others waiting for it.
+    trainer = Trainer(TrainerConfig(batch_size=config.batch_size, lr_scaling="none"), 1, 1)
+    images = tf.random.normal([config.batch_size, data.IMAGE_SIZE, data.IMAGE_SIZE, 3],
+                              seed=rank)
+    labels = tf.random.uniform([config.batch_size], 0, 10, tf.int32, seed=rank)
+
+    @tf.function
+    def local_step():
+        with tf.GradientTape() as tape:
+            loss, _ = trainer.forward(images, labels)
+        return tape.gradient(loss, trainer.model.trainable_variables)[0]
+
+    local_step()
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < config.step_seconds or steps < 3:
+        local_step().numpy()
+        steps += 1
+    images_per_sec = steps * config.batch_size / (time.perf_counter() - start)
+
+    facts = {"rank": rank, "host": host, "device": device, "images_per_sec":
+             round(images_per_sec, 1), "gpu": gpu_status, "capability": capability,
+             "xla": xla, "correct": correct, "data": data_verdict(config.data_dir),
+             "mpi": mpi, "tf_gpus": len(tf_gpus)}
+    every_rank = hvd.allgather_object(facts)  # Horovod: rank 0 reports for all
+    if rank != 0:
+        return None, every_rank
+    build = tf.sysconfig.get_build_info()
+    versions = {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "tensorflow_cuda": build.get("cuda_version"),
+        "tensorflow_cudnn": build.get("cudnn_version"),
+        "horovod": horovod.__version__,
+        "horovod_controllers": [name for name, built in (("MPI", hvd.mpi_built()),
+                                                         ("Gloo", hvd.gloo_built())) if built],
+        "horovod_nccl": bool(hvd.nccl_built()),
+        "open_mpi": open_mpi_version(),
+    }
+    allreduce = {"bytes": nbytes, "correct": all(f["correct"] for f in every_rank),
+                 "seconds": round(seconds, 6),
+                 "algbw_gbps": round(algbw, 3), "busbw_gbps": round(busbw, 3),
+                 "controller": "MPI" if hvd.mpi_enabled() else "Gloo"}
+    return report(config, every_rank, allreduce, versions), every_rank
+
+
+def report(config, every_rank, allreduce, versions):
+    """The JSON report of every rank's facts."""
+    checks = []
+
+    def add(name, status, detail):
+        checks.append({"name": name, "status": status, "detail": detail})
+
+    gpu_rows = [f["gpu"] for f in every_rank]
+    failing = [detail for status, detail in gpu_rows if status == "FAIL"]
+    if failing:
+        add("gpus", "FAIL", "; ".join(failing))
+    elif any(f["tf_gpus"] for f in every_rank):
+        add("gpus", "PASS", "; ".join(detail for _, detail in gpu_rows))
+    else:
+        add("gpus", "PASS", f"no GPU on {len({f['host'] for f in every_rank})} host(s): a CPU "
+            "job (--require_gpu makes this a failure)")
+    add("compute_capability", *capability_verdict(
+        [tuple(f["capability"]) for f in every_rank if f["capability"]]))
+    xla_failing = [detail for status, detail in (f["xla"] for f in every_rank)
+                   if status == "FAIL"]
+    add("xla", "FAIL" if xla_failing else "PASS",
+        "; ".join(xla_failing) or f"compiled on all {len(every_rank)} ranks")
+    ranks = len(every_rank)
+    if allreduce["correct"]:
+        add("allreduce", "PASS", f"sum and broadcast exact over {ranks} ranks "
+            f"({allreduce['controller']})")
+    else:
+        wrong = [f"rank {f['rank']} on {f['host']}" for f in every_rank if not f["correct"]]
+        add("allreduce", "FAIL", "wrong sum or broadcast on " + ", ".join(wrong))
+    if ranks > 1:
+        add("bandwidth", "PASS", f"{allreduce['bytes'] / 1e6:.2f} MB all-reduce (one step's "
+            f"gradients): {allreduce['seconds'] * 1e3:.2f} ms, algbw "
+            f"{allreduce['algbw_gbps']:.3f} GB/s, busbw {allreduce['busbw_gbps']:.3f} GB/s")
+    else:
+        add("bandwidth", "PASS", "one rank: nothing crosses a link")
+    add("stragglers", *straggler_verdict(every_rank))
+    add("train_dir", *train_dir_verdict(config.train_dir))
+    data_rows = [(f["host"], f["data"]) for f in every_rank]
+    worst = max(data_rows, key=lambda row: ("PASS", "WARN", "FAIL").index(row[1][0]))
+    add("data", worst[1][0], f"{worst[0]}: {worst[1][1]}")
+    mpi_rows = [f["mpi"] for f in every_rank if f["mpi"] is not None]
+    if mpi_rows:
+        failing = [detail for status, detail in mpi_rows if status == "FAIL"]
+        add("mpi", "FAIL" if failing else "PASS", "; ".join(failing) or mpi_rows[0][1])
+    statuses = {check["status"] for check in checks}
+    verdict = "fail" if "FAIL" in statuses else "warn" if "WARN" in statuses else "pass"
+    return {"ranks": ranks, "hosts": sorted({f["host"] for f in every_rank}),
+            "verdict": verdict, "checks": checks,
+            "per_rank": [{key: f[key] for key in ("rank", "host", "device", "images_per_sec")}
+                         for f in every_rank],
+            "allreduce": allreduce, "versions": versions}
+
+
+def table(result):
+    width = max(len(check["name"]) for check in result["checks"])
+    lines = [f"{check['name']:<{width}}  {check['status']:<4}  {check['detail']}"
+             for check in result["checks"]]
+    versions = result["versions"]
+    lines.append(f"{'versions':<{width}}  {'':<4}  Python {versions['python']}, TensorFlow "
+                 f"{versions['tensorflow']} (CUDA {versions['tensorflow_cuda'] or '-'}, cuDNN "
+                 f"{versions['tensorflow_cudnn'] or '-'}), Horovod {versions['horovod']} "
+                 f"({'/'.join(versions['horovod_controllers'])}"
+                 f"{', NCCL' if versions['horovod_nccl'] else ', no NCCL'}), "
+                 f"{versions['open_mpi'] or 'no Open MPI'}")
+    lines.append(f"verdict: {result['verdict']} ({result['ranks']} ranks on "
+                 f"{len(result['hosts'])} host(s))")
+    return "\n".join(lines)
+
+
+def check(config):
+    result, every_rank = run_checks(config)
+    if result is not None:
+        say(json.dumps(result) if config.json else table(result))
+        failed = result["verdict"] == "fail"
+    else:
+        failed = False
+    import horovod.tensorflow as hvd
+    # Horovod: every rank leaves with the verdict's status.
+    failed = bool(hvd.broadcast_object(failed, root_rank=0))
+    if failed:
+        sys.exit(1)
+
+
+def main(argv=None):
+    config = parse_command(CheckConfig, "python -m hvd_cifar.check",
+                           "Check that this host, or every host of the job, is ready to train "
+                           "(start it like training).", argv)
+    run_command(lambda: check(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""`python -m hvd_cifar.check`: is a node or an allocation ready to train? Alone, under
+horovodrun with MPI and Gloo, across the two namespace hosts; the GPU verdicts with faked
+device lists."""
+import json
+import os
+import socket
+import sys
+
+import pytest
+
+from hvd_cifar import check, model as model_lib
+from helpers import BIN, horovodrun, link_bytes, python_module, run
+
+CHECK_NAMES = ["gpus", "compute_capability", "xla", "allreduce", "bandwidth", "stragglers",
+               "train_dir", "data"]
+QUICK = ["--step_seconds", "0.5", "--allreduce_repeats", "5", "--batch_size", "16"]
+
+
+def report_of(result):
+    """The JSON report: the last line rank 0 printed (under a launcher, tagged)."""
+    lines = [line for line in result.stdout.splitlines() if '"verdict"' in line]
+    assert lines, result.stdout[-2000:] + result.stderr[-2000:]
+    return json.loads(lines[-1][lines[-1].index("{"):])
+
+
+def test_alone_every_check_passes_on_this_cpu_host(tiny_data, tmp_path):
+    result = python_module("hvd_cifar.check", "--data_dir", tiny_data, "--train_dir",
+                           tmp_path / "run", *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    for name in CHECK_NAMES:
+        assert any(line.startswith(name + " ") and " PASS " in line for line in lines), name
+    assert lines[-1] == "verdict: pass (1 ranks on 1 host(s))"
+    assert not (tmp_path / "run").exists()  # checking writes nothing
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("controller", ["mpi", "gloo"])
+def test_two_ranks_report_every_field_and_an_exact_allreduce(tiny_data, tmp_path, controller):
+    result = horovodrun(2, controller, "hvd_cifar.check", "--json", "--data_dir", tiny_data,
+                        "--train_dir", tmp_path, *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = report_of(result)
+    assert report["ranks"] == 2 and report["verdict"] in ("pass", "warn")
+    assert [row["rank"] for row in report["per_rank"]] == [0, 1]
+    assert all(row["host"] == socket.gethostname() and row["images_per_sec"] > 0
+               and row["device"].startswith("CPU/") for row in report["per_rank"])
+    allreduce = report["allreduce"]
+    assert allreduce["bytes"] == model_lib.NUM_PARAMETERS * 4 and allreduce["correct"]
+    # nccl-tests' bus bandwidth of a 2-rank all-reduce equals its algorithm bandwidth.
+    assert allreduce["algbw_gbps"] > 0 and allreduce["busbw_gbps"] == allreduce["algbw_gbps"]
+    assert allreduce["controller"] == controller.upper().replace("GLOO", "Gloo")
+    names = [c["name"] for c in report["checks"]]
+    # MPI alone is checked when mpirun started the ranks, not under Gloo.
+    assert names == CHECK_NAMES + (["mpi"] if controller == "mpi" else [])
+    if controller == "mpi":
+        assert report["checks"][-1]["detail"].startswith("MPI alone: all-reduce of 2 ranks")
+    versions = report["versions"]
+    assert versions["tensorflow"] == "2.15.1" and versions["horovod"] == "0.28.1"
+    assert versions["horovod_controllers"] == ["MPI", "Gloo"]
+    assert versions["open_mpi"].startswith("mpirun (Open MPI)")
+
+
+def test_require_gpu_fails_here_naming_the_host(tmp_path):
+    result = python_module("hvd_cifar.check", "--require_gpu", "--train_dir", tmp_path,
+                           *QUICK)
+    assert result.returncode == 1
+    gpus = [line for line in result.stdout.splitlines() if line.startswith("gpus ")]
+    assert gpus == [f"gpus                FAIL  rank 0 on {socket.gethostname()} has no GPU "
+                    "(--require_gpu): no nvidia-smi, so no NVIDIA driver"]
+    assert result.stdout.splitlines()[-1].startswith("verdict: fail")
+
+
+GPUS = ["/physical_device:GPU:0", "/physical_device:GPU:1"]
+SMI = check.parse_nvidia_smi("0, NVIDIA H100 80GB HBM3, 550.54.15, 9.0\n"
+                             "1, NVIDIA H100 80GB HBM3, 550.54.15, 9.0\n")
+
+
+def test_the_gpu_verdicts_name_the_host_and_the_classic_causes():
+    assert check.gpu_verdict("n1", 3, 1, 2, SMI, GPUS, None, False) == (
+        "PASS", "rank 3 on n1: GPU 1 NVIDIA H100 80GB HBM3, driver 550.54.15")
+    assert check.gpu_verdict("n1", 2, 2, 3, SMI, GPUS, None, False) == (
+        "FAIL", "rank 2 on n1 has no GPU: 3 ranks on this host, 2 GPUs (start one rank per "
+        "GPU)")
+    hidden = check.gpu_verdict("n1", 0, 0, 1, SMI, [], "", False)
+    assert hidden[0] == "FAIL" and "CUDA_VISIBLE_DEVICES='' hides them" in hidden[1]
+    old = check.parse_nvidia_smi("0, Tesla V100, 470.82.01, 7.0\n")
+    too_old = check.gpu_verdict("n2", 0, 0, 1, old, [], None, False)
+    assert too_old[0] == "FAIL" and "driver 470.82.01 is too old for CUDA 12.2" in too_old[1]
+    missing_libraries = check.gpu_verdict("n1", 0, 0, 1, SMI, [], None, False)
+    assert "cannot load the CUDA libraries" in missing_libraries[1]
+    assert check.gpu_verdict("n3", 0, 0, 1, None, [], None, False)[0] == "PASS"
+    assert check.gpu_verdict("n3", 0, 0, 1, None, [], None, True)[0] == "FAIL"
+
+
+def test_capabilities_and_stragglers():
+    assert check.capability_verdict([(9, 0), (9, 0)])[0] == "PASS"
+    assert check.capability_verdict([(6, 1)]) == (
+        "WARN", "compute capability 6.1: below 7.0 --use_fp16 gains little (no tensor cores)")
+    rows = [{"rank": r, "host": f"n{r}", "images_per_sec": rate}
+            for r, rate in enumerate([1000.0, 990.0, 1010.0, 700.0])]
+    status, detail = check.straggler_verdict(rows)
+    assert status == "WARN" and detail.endswith("stragglers: rank 3 on n3 (700 images/s)")
+    assert check.straggler_verdict(rows[:3])[0] == "PASS"
+
+
+@pytest.mark.distributed
+def test_across_two_hosts_the_allreduce_crosses_the_links(namespace_hosts, tiny_data, tmp_path):
+    before = {link: link_bytes(link) for link in ("vethA", "vethB")}
+    result = run([os.path.join(BIN, "horovodrun"), "-np", "2", "-H", "10.200.0.2:1,10.200.0.3:1",
+                  "--gloo", "--network-interface", "hvdbr0", os.path.join(BIN, "python"), "-m",
+                  "hvd_cifar.check", "--json", "--data_dir", tiny_data, "--train_dir",
+                  tmp_path, *QUICK], env=namespace_hosts)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = report_of(result)
+    assert report["ranks"] == 2 and report["allreduce"]["correct"]
+    assert report["allreduce"]["busbw_gbps"] > 0
+    for link, count in before.items():  # 25 all-reduces of 4.27 MB went over both links
+        assert link_bytes(link) - count > 50 * 1_000_000, link
+
+
+FLAG_MODULES = ["hvd_cifar.train", "hvd_cifar.evaluate", "hvd_cifar.check"]
+
+
+def all_flags(module):
+    """Every flag of a command, in both spellings, with a value where it takes one."""
+    import dataclasses
+    import importlib
+    config_class = {"hvd_cifar.train": "TrainConfig", "hvd_cifar.evaluate": "EvalConfig",
+                    "hvd_cifar.check": "CheckConfig"}[module]
+    fields = dataclasses.fields(getattr(importlib.import_module(module), config_class))
+    flags = []
+    for field in fields:
+        for spelling in {field.name, field.name.replace("_", "-")}:
+            flags.append(f"--{spelling}")
+            if field.default is not False:
+                flags.append("1")
+    return flags
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("module", FLAG_MODULES)
+def test_every_flag_reaches_the_command_through_horovodrun(module):
+    flags = all_flags(module)
+    echo = "import json, sys; print('ARGV ' + json.dumps(sys.argv[1:]))"
+    result = run([os.path.join(BIN, "horovodrun"), "-np", "1", "--gloo", sys.executable, "-c",
+                  echo, *flags])
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(line for line in result.stdout.splitlines() if "ARGV " in line)
+    assert json.loads(line.split("ARGV ", 1)[1]) == flags
+
+
+def test_a_horovod_timeline_is_written_by_rank_0(tiny_data, tmp_path):
+    timeline = tmp_path / "timeline.json"
+    result = horovodrun(2, "gloo", "hvd_cifar.train", "--data_dir", tiny_data, "--train_dir",
+                        tmp_path / "run", "--max_steps", 4, "--batch_size", 8, "--no_download",
+                        "--horovod_timeline", timeline, "--horovod_timeline_mark_cycles")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = timeline.read_text()
+    assert text.startswith("[")
+    for event in ("NEGOTIATE_ALLREDUCE", "ALLREDUCE", "CYCLE_START"):
+        assert event in text, event
+
+
+@pytest.mark.distributed
+def test_make_train_is_a_clean_first_run(tiny_data, tmp_path):
+    result = run(["make", "--no-print-directory", "train", f"DATA_DIR={tiny_data}",
+                  f"TRAIN_DIR={tmp_path / 'run'}", "STEPS=4", "TRAIN_FLAGS=--batch_size 16"])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    # Every line of a rank arrives whole: one tag at its start, none glued on at its end.
+    tagged = [line for line in output.splitlines() if "<stdout>:" in line]
+    assert tagged and all(line.count("<stdout>:") == 1 for line in tagged), tagged
+    # TensorFlow's C++ start-up lines stay out, the launcher's included.
+    assert "oneDNN" not in output and "cpu_feature_guard" not in output
+    lines = result.stdout.splitlines()
+    assert f"make: the run is in {tmp_path / 'run'}" in lines[-5]
+    assert "tensorboard --logdir" in lines[-4] and "hvd_cifar.predict" in lines[-2]
