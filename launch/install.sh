@@ -6,6 +6,15 @@
 #   launch/install.sh --horovod-only
 #                                only build/install Horovod into the active Python
 #                                (conda users: after `conda env create -f environment.yml`)
+#   launch/install.sh --plan     print what it would install here (Python, TensorFlow package,
+#                                Horovod build, wheel cache key) and change nothing
+#
+# Python: $PYTHON when set, else the newest of python3.11, python3.10, python3.9 on the PATH
+# (TensorFlow 2.15.1 supports 3.9-3.11). GPU or CPU build: HVD_CIFAR_GPU=1 forces the GPU build
+# (tensorflow[and-cuda], Horovod with NCCL), HVD_CIFAR_GPU=0 the CPU build; unset, a host is a
+# GPU host when nvidia-smi lists a GPU, or (in containers without nvidia-smi) when /dev/nvidia0
+# or an entry of /proc/driver/nvidia/gpus exists (HVD_CIFAR_NVIDIA_DEVICE and
+# HVD_CIFAR_NVIDIA_PROC name other places to look).
 #
 # Horovod 0.28.1 ships as an sdist only. It is built with --no-build-isolation because build
 # isolation hides TensorFlow from Horovod's CMake, and the built wheel is cached outside the
@@ -22,7 +31,81 @@ wheel_cache_root=${HVD_CIFAR_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvd_ci
 say() { echo "install: $*"; }
 die() { echo "install: error: $*" >&2; exit 1; }
 
-have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+nvidia_device=${HVD_CIFAR_NVIDIA_DEVICE:-/dev/nvidia0}
+nvidia_proc=${HVD_CIFAR_NVIDIA_PROC:-/proc/driver/nvidia/gpus}
+
+have_gpu() {
+  case "${HVD_CIFAR_GPU:-}" in
+    1) return 0 ;;
+    0) return 1 ;;
+    "") ;;
+    *) die "HVD_CIFAR_GPU must be 1 (GPU build), 0 (CPU build) or unset (detect), got '$HVD_CIFAR_GPU'" ;;
+  esac
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    return 0
+  fi
+  [ -e "$nvidia_device" ] && return 0
+  [ -d "$nvidia_proc" ] && [ -n "$(ls -A "$nvidia_proc" 2>/dev/null)" ] && return 0
+  return 1
+}
+
+python_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+
+supported_python() {
+  case "$(python_version "$1")" in 3.9|3.10|3.11) return 0 ;; *) return 1 ;; esac
+}
+
+find_python() {
+  # The interpreter the venv is made from: PYTHON, else the newest supported one on the PATH.
+  local candidate path found=()
+  if [ -n "${PYTHON:-}" ]; then
+    path=$(command -v "$PYTHON" || true)
+    [ -n "$path" ] && supported_python "$path" && { echo "$path"; return; }
+    die "PYTHON=$PYTHON is Python $( [ -n "$path" ] && python_version "$path" || echo 'not found'); TensorFlow $TENSORFLOW_VERSION needs 3.9, 3.10 or 3.11"
+  fi
+  for candidate in python3.11 python3.10 python3.9; do
+    path=$(command -v "$candidate" || true)
+    [ -n "$path" ] && supported_python "$path" && { echo "$path"; return; }
+  done
+  for candidate in python3 python3.12 python3.13 python3.14; do
+    path=$(command -v "$candidate" || true)
+    [ -n "$path" ] && found+=("$candidate is $(python_version "$path")")
+  done
+  die "no Python 3.9-3.11 on the PATH for TensorFlow $TENSORFLOW_VERSION (found: ${found[*]:-no python3}); use the conda environment (conda env create -f environment.yml), or 'uv python install 3.11' then PYTHON=\$(uv python find 3.11) make install, or your distribution's python3.11 package"
+}
+
+build_tag() { if have_gpu; then echo nccl; else echo cpu; fi; }
+
+cache_key() {  # the wheel cache folder of a Horovod build for this Python and build
+  local pytag
+  pytag=$("$1" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')
+  echo "$wheel_cache_root/$pytag-tf$TENSORFLOW_VERSION-horovod$HOROVOD_VERSION-$2"
+}
+
+cuda_compiler() {
+  # Horovod's NCCL build compiles CUDA kernels, so it needs nvcc, and of CUDA 12 to match the
+  # CUDA 12.2 that TensorFlow 2.15.1 is built with. PyPI's nvidia-cuda-nvcc-cu12 wheels carry
+  # ptxas only, so the compiler must come from a CUDA 12 toolkit.
+  local nvcc release candidates=() found=()
+  if [ -n "${HOROVOD_CUDA_HOME:-}" ]; then
+    candidates=("$HOROVOD_CUDA_HOME/bin/nvcc")
+  else
+    candidates=("$(command -v nvcc || true)" /usr/local/cuda-12.2/bin/nvcc /usr/local/cuda/bin/nvcc)
+  fi
+  for nvcc in "${candidates[@]}"; do
+    [ -n "$nvcc" ] && [ -x "$nvcc" ] || continue
+    release=$("$nvcc" --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
+    case $release in
+      12.*) echo "$nvcc"; return ;;
+      *) found+=("$nvcc is CUDA ${release:-of unknown release}") ;;
+    esac
+  done
+  die "the NCCL build of Horovod needs nvcc from CUDA 12 (TensorFlow $TENSORFLOW_VERSION is built with CUDA 12.2); found: ${found[*]:-no nvcc}. Install CUDA 12.2's toolkit and set HOROVOD_CUDA_HOME to it, or use the conda environment (cuda-nvcc=12.2); PyPI's nvidia-cuda-nvcc-cu12 wheels carry ptxas only"
+}
+
+tensorflow_package() {
+  if [ "$1" = nccl ]; then echo "tensorflow[and-cuda]==$TENSORFLOW_VERSION"; else echo "tensorflow-cpu==$TENSORFLOW_VERSION"; fi
+}
 
 install_openmpi() {
   # Horovod's MPI support compiles against mpicxx; mpirun launches the ranks.
@@ -37,13 +120,10 @@ install_openmpi() {
 }
 
 install_horovod() {
-  local python=$1 gpu_tag=cpu
-  have_gpu && gpu_tag=nccl
-  local pytag
-  pytag=$("$python" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')
-  local tf_version
-  tf_version=$("$python" -c 'import importlib.metadata as m; print(m.version("tensorflow-cpu") if any(d.metadata["Name"]=="tensorflow-cpu" for d in m.distributions()) else m.version("tensorflow"))')
-  local cache="$wheel_cache_root/$pytag-tf$tf_version-horovod$HOROVOD_VERSION-$gpu_tag"
+  local python=$1 gpu_tag
+  gpu_tag=$(build_tag)
+  local cache
+  cache=$(cache_key "$python" "$gpu_tag")
   if ! ls "$cache"/horovod-"$HOROVOD_VERSION"-*.whl >/dev/null 2>&1; then
     say "building Horovod $HOROVOD_VERSION ($gpu_tag) — about 6 minutes on 2 cores; cached in $cache"
     "$python" -m pip install -q setuptools wheel packaging psutil pyyaml cloudpickle cffi 'cmake>=3.13'
@@ -55,6 +135,8 @@ install_horovod() {
       export HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
       if [ "$gpu_tag" = nccl ]; then
         export HOROVOD_GPU_OPERATIONS=NCCL
+        HOROVOD_CUDA_HOME=$(dirname "$(dirname "$(cuda_compiler)")")
+        export HOROVOD_CUDA_HOME
         # tensorflow[and-cuda] brings NCCL as the nvidia-nccl-cu12 wheel; build against it.
         if [ -z "${HOROVOD_NCCL_HOME:-}" ]; then
           HOROVOD_NCCL_HOME=$("$python" -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])' 2>/dev/null || true)
@@ -79,10 +161,22 @@ check_build() {
   report=$("$bin/horovodrun" --check-build) || die "horovodrun --check-build failed"
   echo "$report"
   local part
-  for part in TensorFlow Gloo MPI; do
+  local parts=(TensorFlow Gloo MPI)
+  [ "$(build_tag)" = nccl ] && parts+=(NCCL)
+  for part in "${parts[@]}"; do
     grep -qE "\[X\] $part" <<<"$report" || die "Horovod was built without $part (horovodrun --check-build shows [ ] $part)"
   done
 }
+
+if [ "${1:-}" = "--plan" ]; then
+  tag=$(build_tag)
+  python=$([ -x "$venv/bin/python" ] && echo "$venv/bin/python" || find_python)
+  echo "python: $python ($(python_version "$python"))"
+  echo "tensorflow: $(tensorflow_package "$tag")"
+  echo "horovod: $HOROVOD_VERSION, $([ "$tag" = nccl ] && echo "NCCL, MPI and Gloo" || echo "MPI and Gloo (CPU)")"
+  echo "cache: $(cache_key "$python" "$tag")"
+  exit 0
+fi
 
 if [ "${1:-}" = "--horovod-only" ]; then
   install_horovod "$(command -v python)"
@@ -91,16 +185,16 @@ if [ "${1:-}" = "--horovod-only" ]; then
 fi
 
 install_openmpi
+# A GPU build that cannot be compiled here fails before anything is downloaded.
+[ "$(build_tag)" = cpu ] || cuda_compiler >/dev/null
 if [ ! -x "$venv/bin/python" ]; then
-  python=${PYTHON:-$(command -v python3.11 || command -v python3)}
-  "$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
-    || die "$python is not Python 3.11 (TensorFlow $TENSORFLOW_VERSION needs 3.9–3.11; set PYTHON=...)"
-  say "creating $venv"
+  python=$(find_python)
+  say "creating $venv with $python (Python $(python_version "$python"))"
   "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 tf_extra=cpu
-have_gpu && tf_extra=gpu
+[ "$(build_tag)" = nccl ] && tf_extra=gpu
 say "installing hvd_cifar with the $tf_extra build of TensorFlow $TENSORFLOW_VERSION"
 "$venv/bin/python" -m pip install -q -e "$repo_root[$tf_extra,test]"
 install_horovod "$venv/bin/python"
