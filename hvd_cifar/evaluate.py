@@ -19,8 +19,9 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 
 from hvd_cifar import checkpoint as checkpoint_lib, data
-from hvd_cifar.config import UserError, flag, parse_command, positive_int, run_command, say
-from hvd_cifar.distributed import fail_together
+from hvd_cifar.config import (Stopped, UserError, flag, parse_command, positive_int, run_command,
+                              say)
+from hvd_cifar.distributed import StopRequest, fail_together
 from hvd_cifar.files import write_atomically
 
 EVAL_BATCH_SIZE = 1000
@@ -222,11 +223,17 @@ def evaluate(config):
         say(f"hvd_cifar: watching {config.checkpoint_dir} for new checkpoints every "
             f"{config.eval_interval_secs} s (TensorBoard scalars in {scalars_dir}); Ctrl-C "
             "stops")
+    # Ctrl-C or SIGTERM ends the loop between evaluations, never inside a collective.
+    stop_request = StopRequest()
     evaluated = None
     while True:
-        # Horovod: rank 0 decides which checkpoint is next, so all ranks evaluate the same one.
-        path = hvd.broadcast_object(tf.train.latest_checkpoint(config.checkpoint_dir),
-                                    root_rank=0)
+        # Horovod: rank 0 decides which checkpoint is next and when to stop, so all ranks
+        # evaluate the same one and leave together.
+        path, stop_signal = hvd.broadcast_object(
+            (tf.train.latest_checkpoint(config.checkpoint_dir), stop_request.signal_number),
+            root_rank=0)
+        if stop_signal:
+            raise Stopped(stop_signal)
         if path and path != evaluated:
             summary = evaluate_once(config, path, test_paths, names)
             if writer is not None:
@@ -234,7 +241,9 @@ def evaluate(config):
                     tf.summary.scalar("precision_at_1", summary["precision_at_1"])
                 writer.flush()
             evaluated = path
-        time.sleep(config.eval_interval_secs)
+        deadline = time.monotonic() + config.eval_interval_secs
+        while time.monotonic() < deadline and not stop_request.signal_number:
+            time.sleep(min(1.0, config.eval_interval_secs))
 
 
 def main(argv=None):

@@ -112,7 +112,8 @@ def test_the_loop_evaluates_each_new_checkpoint(trained, tmp_path):
         assert evaluated_steps() == {2, 4}
     finally:
         loop.send_signal(signal.SIGINT)
-        loop.wait(timeout=60)
+        loop.communicate(timeout=60)
+    assert loop.returncode == 128 + signal.SIGINT
 
 
 def write_images(folder, images):
