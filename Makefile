@@ -4,7 +4,7 @@
 # Both run launch/install.sh first (Open MPI, .venv, TensorFlow, Horovod from a cached build).
 
 VENV       := .venv
-PYTHON     := $(VENV)/bin/python
+VENV_PYTHON := $(VENV)/bin/python
 HOROVODRUN := $(VENV)/bin/horovodrun
 NP         ?= 2
 STEPS      ?= 200
@@ -36,25 +36,25 @@ data: install
 	@if [ -d "$(DATA_DIR)/cifar-10-batches-bin" ]; then \
 	  echo "make: using $(DATA_DIR)/cifar-10-batches-bin"; \
 	elif [ -f "$(DATA_DIR)/cifar-10-binary.tar.gz" ] || [ ! -f "$(JPEG_DATA)" ]; then \
-	  $(PYTHON) -m hvd_cifar.data download --data_dir $(DATA_DIR); \
+	  $(VENV_PYTHON) -m hvd_cifar.data download --data_dir $(DATA_DIR); \
 	else \
 	  echo "make: no CIFAR-10 in $(DATA_DIR); converting the JPEG copy $(JPEG_DATA)"; \
-	  $(PYTHON) -m hvd_cifar.data convert $(JPEG_DATA) $(DATA_DIR); \
+	  $(VENV_PYTHON) -m hvd_cifar.data convert $(JPEG_DATA) $(DATA_DIR); \
 	fi
 
 train: data
-	$(HOROVODRUN) -np $(NP) --mpi $(PYTHON) -m hvd_cifar.train --data_dir $(DATA_DIR) \
+	$(HOROVODRUN) -np $(NP) --mpi $(VENV_PYTHON) -m hvd_cifar.train --data_dir $(DATA_DIR) \
 	  --train_dir $(TRAIN_DIR) --max_steps $(STEPS) --log_frequency 20 $(TRAIN_FLAGS)
-	$(PYTHON) -m hvd_cifar.evaluate --data_dir $(DATA_DIR) --checkpoint_dir $(TRAIN_DIR) --run_once
+	$(VENV_PYTHON) -m hvd_cifar.evaluate --data_dir $(DATA_DIR) --checkpoint_dir $(TRAIN_DIR) --run_once
 	@echo "make: the run is in $(TRAIN_DIR) (checkpoints, train.log, eval.json). Next:"
 	@echo "  $(VENV)/bin/tensorboard --logdir $(TRAIN_DIR)        # the curves"
 	@echo "  make train STEPS=2000                                # train on from the checkpoint"
-	@echo "  $(PYTHON) -m hvd_cifar.predict --checkpoint_dir $(TRAIN_DIR) IMAGE.png"
-	@echo "  $(PYTHON) -m hvd_cifar.check --data_dir $(DATA_DIR)  # before a long run"
+	@echo "  $(VENV_PYTHON) -m hvd_cifar.predict --checkpoint_dir $(TRAIN_DIR) IMAGE.png"
+	@echo "  $(VENV_PYTHON) -m hvd_cifar.check --data_dir $(DATA_DIR)  # before a long run"
 
 test: install
 	bash tests/cluster/system_packages.sh
-	$(PYTHON) -m pytest -ra $(PYTEST_ARGS) tests
+	$(VENV_PYTHON) -m pytest -ra $(PYTEST_ARGS) tests
 
 # The tutorial's learning curve on real images (see docs/results/): DATA is a class-folder tree
 # or its tar.gz, e.g. make reproduce DATA=../shared/data/cifar10-jpeg.tar.gz RANKS=2 STEPS=10000
@@ -64,4 +64,4 @@ reproduce: install
 # Throughput against plain Keras, Gloo vs MPI and MultiWorkerMirroredStrategy on this machine:
 # bench/results.json, bench/results.md and bench/throughput.png (run it on an idle machine).
 bench: install
-	$(PYTHON) tools/bench_suite.py --out bench --steps $(BENCH_STEPS) --repeats $(BENCH_REPEATS)
+	$(VENV_PYTHON) tools/bench_suite.py --out bench --steps $(BENCH_STEPS) --repeats $(BENCH_REPEATS)
