@@ -12,7 +12,7 @@ tf.train.CheckpointManager, holding:
 import tensorflow as tf
 
 from hvd_cifar import model as model_lib
-from hvd_cifar.config import UserError
+from hvd_cifar.config import UserError, first_line
 
 CHECKPOINT_PREFIX = "ckpt"
 # What TensorFlow raises for a checkpoint that is truncated, corrupt or of another model.
@@ -55,8 +55,8 @@ def restore(checkpoint, path, partial=False, use_fp16=None):
                             f"{'' if written_fp16 else 'out'} --use_fp16: "
                             f"{'pass' if written_fp16 else 'drop'} --use_fp16 to resume it, or "
                             "start over with --fresh") from None
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
-        raise UserError(f"checkpoint {path} does not fit this model or is damaged ({reason}); "
+        raise UserError(f"checkpoint {path} does not fit this model or is damaged "
+                        f"({first_line(error, 'unreadable')}); "
                         "use another --train_dir or --fresh") from None
 
 

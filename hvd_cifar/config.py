@@ -8,6 +8,7 @@ traceback, and a stop on a signal exits with 128 + the signal number.
 import argparse
 import dataclasses
 import math
+import re
 import signal
 import sys
 
@@ -26,6 +27,13 @@ class UserError(Exception):
 class RankFailure(UserError):
     """A failure one rank meets on its own (it lost the others): every rank that meets it says
     it, naming itself."""
+
+
+def first_line(error, default="failed"):
+    """The first line of an error's message, for a one-line error, without the name of the
+    TensorFlow function that TensorFlow puts in front of it ({{function_node ...}})."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error)).strip()
+    return text.splitlines()[0] if text else default
 
 
 def say(text, stream=None):

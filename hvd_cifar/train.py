@@ -22,8 +22,9 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 
 from hvd_cifar import checkpoint as checkpoint_lib, data, train_dir as train_dir_lib
-from hvd_cifar.config import (RankFailure, Stopped, UserError, flag, non_negative_float,
-                              non_negative_int, parse_command, positive_int, run_command, say)
+from hvd_cifar.config import (RankFailure, Stopped, UserError, first_line, flag,
+                              non_negative_float, non_negative_int, parse_command, positive_int,
+                              run_command, say)
 from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Watchdog,
                                    fail_together, pin_devices, set_launch_defaults, set_timeline)
 from hvd_cifar.trainer import Trainer, TrainerConfig, check_loss, weights_digest
@@ -351,9 +352,9 @@ class TrainingRun:
             self.checkpoints.save(checkpoint_number=step)
         except (tf.errors.OpError, OSError) as error:
             train_dir_lib.remove_unfinished_checkpoints(train_dir)
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else "failed"
             raise UserError(
-                f"cannot write checkpoint {step} to --train_dir {train_dir}: {reason[:300]}; "
+                f"cannot write checkpoint {step} to --train_dir {train_dir}: "
+                f"{first_line(error)[:300]}; "
                 f"a checkpoint needs {self.checkpoint_bytes() / 1e6:.1f} MB, "
                 f"{train_dir_lib.free_bytes(train_dir) / 1e6:.1f} MB are free; the newest "
                 f"complete checkpoint is {newest}") from None
@@ -479,7 +480,7 @@ class Log:
                     tf.summary.scalar(name, value)
         except tf.errors.OpError as error:
             raise UserError(f"cannot write the TensorBoard events in {self.train_dir}: "
-                            f"{str(error).strip().splitlines()[0]}") from None
+                            f"{first_line(error)}") from None
 
     def close(self):
         self.writer.close()

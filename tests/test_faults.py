@@ -200,3 +200,43 @@ def test_sigterm_to_make_train_stops_the_job(tiny_data, tmp_path):
     stopped = re.search(r"stopped by SIGTERM at step (\d+); checkpoint written", log)
     assert stopped, log[-2000:]
     assert (train_dir / f"ckpt-{stopped.group(1)}.index").exists()
+
+
+def fill(folder):
+    """Fill folder's file system to the last byte with one file."""
+    with open(folder / "filler", "wb", buffering=0) as filler:
+        for chunk in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    filler.write(b"\0" * chunk)
+            except OSError:
+                pass
+
+
+def test_a_disk_that_fills_between_checkpoints_ends_every_rank_at_a_log_write(
+        tiny_data, small_disk):
+    """The disk fills while training: the next write of train.log or of the TensorBoard events
+    fails, every rank stops in one line naming it, and the log and checkpoint stay whole."""
+    train_dir = small_disk / "run"
+    first = subprocess.run(train_command(tiny_data, train_dir, 10), env=ENV, cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    checkpoint = (train_dir / "ckpt-10.data-00000-of-00001").read_bytes()
+    command = train_command(tiny_data, train_dir, 1_000_000,
+                            extra=["--checkpoint_every_steps", 100_000, "--log_frequency", 1])
+    with launched(command, env={"TF_CPP_MIN_LOG_LEVEL": "2"}) as job:
+        wait_for_step(train_dir, 15)
+        fill(small_disk)
+        logged_when_full = (train_dir / "train.log").read_text()
+        output, _ = job.communicate(timeout=300)
+        assert wait_until_gone(train_dir)
+    assert job.returncode != 0
+    lines = error_lines(output)
+    assert len(lines) == 1, output[-3000:]
+    assert re.search(rf"cannot write ({train_dir}/train.log|the TensorBoard events in "
+                     rf"{train_dir}): .*No space left on device", lines[0]), lines
+    assert "function_node" not in lines[0]
+    assert "Traceback" not in "".join(l for l in output.splitlines() if l.startswith("["))
+    assert (train_dir / "train.log").read_text().startswith(logged_when_full)
+    assert (train_dir / "ckpt-10.data-00000-of-00001").read_bytes() == checkpoint
+    assert sorted(p.name for p in train_dir.glob("*_temp")) == []
