@@ -3,6 +3,7 @@
 The images come from ../shared/data/cifar10-jpeg.tar.gz (the JPEG copy of CIFAR-10 beside the
 repository on our machines and in CI): the first two test images of every class.
 """
+import hashlib
 import os
 import re
 import tarfile
@@ -36,6 +37,10 @@ def test_the_package_ships_the_weights_and_their_model_card():
     assert os.path.getsize(predict.SHIPPED_WEIGHTS) > 4_000_000  # 1,068,298 float32 values
     card = open(os.path.join(predict.SHIPPED_WEIGHTS_DIR, "MODEL_CARD.md")).read()
     assert "precision @ 1" in card and "python -m hvd_cifar" in card
+    # The card describes the file that is shipped, not an earlier one.
+    with open(predict.SHIPPED_WEIGHTS, "rb") as weights:
+        digest = hashlib.sha256(weights.read()).hexdigest()
+    assert re.findall(r"sha256 `([0-9a-f]{64})`", card) == [digest]
 
 
 def test_predict_without_a_checkpoint_uses_the_shipped_weights(cifar10_test_images):
