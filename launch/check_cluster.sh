@@ -10,13 +10,13 @@
 # present in DATA_DIR or the archive at DATA_URL reachable. Prints every problem, then exits 1
 # if there was any.
 #
-# Environment: PYTHON (the interpreter on every host; default this checkout's .venv, by the
-# same absolute path), DATA_DIR (default data, relative to this folder on every host),
+# Environment: HOST_PYTHON (the interpreter on every host; default this checkout's .venv, by
+# the same absolute path), DATA_DIR (default data, relative to this folder on every host),
 # DATA_URL, SSH_TIMEOUT (seconds, default 10).
 set -uo pipefail
 hostfile=${1:?usage: launch/check_cluster.sh HOSTFILE}
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-python=${PYTHON:-$repo_root/.venv/bin/python}
+python=${HOST_PYTHON:-$repo_root/.venv/bin/python}
 data_dir=${DATA_DIR:-data}
 data_url=${DATA_URL:-https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz}
 ssh_options=(-o BatchMode=yes -o ConnectTimeout="${SSH_TIMEOUT:-10}")

@@ -10,7 +10,8 @@
 # state in memory every --commit_every_steps steps and rescales the learning rate at every
 # change; the data must already be in --data_dir on every host. NETWORK_INTERFACE names the
 # interface the workers talk over (e.g. ens5; lo for hosts that are all this machine): without
-# it Horovod waits until two hosts are listed, to find an interface they share.
+# it Horovod waits until two hosts are listed, to find an interface they share. HOST_PYTHON is
+# the interpreter's path, the same on every host (default this checkout's .venv).
 set -euo pipefail
 usage="usage: launch/elastic.sh HOSTS_FILE MIN_NP MAX_NP [train flags...]"
 hosts_file=${1:?$usage}
@@ -18,7 +19,7 @@ min_np=${2:?$usage}
 max_np=${3:?$usage}
 shift 3
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-python=${PYTHON:-$bin/python}
+python=${HOST_PYTHON:-$bin/python}
 for number in "$min_np" "$max_np"; do
   if ! [[ "$number" =~ ^[1-9][0-9]*$ ]]; then
     echo "hvd_cifar: error: MIN_NP and MAX_NP must be positive integers, got '$number'" >&2

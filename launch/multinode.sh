@@ -7,13 +7,14 @@
 # First runs launch/check_cluster.sh HOSTFILE and stops on any problem it lists; then starts one
 # rank per slot with horovodrun. NETWORK_INTERFACE names the interface the ranks talk over
 # (horovodrun --network-interface, and NCCL_SOCKET_IFNAME for NCCL); HVD_CONTROLLER=mpi uses
-# Open MPI instead of Gloo (extra mpirun options in MPI_ARGS). PYTHON is the interpreter's path,
-# the same on every host (default this checkout's .venv).
+# Open MPI instead of Gloo (extra mpirun options in MPI_ARGS). HOST_PYTHON is the interpreter's
+# path, the same on every host (default this checkout's .venv; PYTHON is install.sh's, the one
+# the venv is made from).
 set -euo pipefail
 hostfile=${1:?usage: launch/multinode.sh HOSTFILE [train flags...]}
 shift
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-python=${PYTHON:-$bin/python}
+python=${HOST_PYTHON:-$bin/python}
 controller=${HVD_CONTROLLER:-gloo}
 
 "$repo_root/launch/check_cluster.sh" "$hostfile"
