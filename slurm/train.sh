@@ -25,9 +25,12 @@
 #SBATCH --cpus-per-task=8
 #SBATCH --time=04:00:00
 #SBATCH --output=%x-%j.out
+#SBATCH --open-mode=append
 #SBATCH --requeue
 #SBATCH --signal=TERM@120
-# --requeue: a preempted job goes back to the queue with the same job id (and TRAIN_DIR).
+# --requeue: a preempted job goes back to the queue with the same job id (and TRAIN_DIR), gets
+# SIGTERM first (the trainer checkpoints), and resumes there; --open-mode=append keeps the
+# output of every start in the one %x-%j.out, where Slurm would otherwise truncate it.
 # --signal=TERM@120: two minutes before the time limit every rank gets SIGTERM, and the trainer
 # writes a checkpoint of the current step and exits; submit again with the same TRAIN_DIR.
 set -euo pipefail

@@ -2,10 +2,11 @@
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
-from helpers import REPO_ROOT, BIN, run, weights_digests
+from helpers import REPO_ROOT, BIN, run, wait_for_step, weights_digests
 
 pytestmark = pytest.mark.distributed
 
@@ -48,6 +49,51 @@ def test_sbatch_train_sh_forms_one_horovod_job_of_2_tasks(slurm, tiny_data, tmp_
     train_dir = tmp_path / "runs" / f"slurm-{job_id}"  # where the script says
     assert (train_dir / "ckpt-6.index").exists()
     assert "finished at step 6" in (train_dir / "train.log").read_text()
+
+
+def job_state(slurm, job_id):
+    shown = run(["scontrol", "show", "job", job_id], env=slurm).stdout
+    return re.search(r"JobState=(\w+)", shown).group(1), shown
+
+
+def wait_for_job_state(slurm, job_id, states, timeout=300):
+    deadline = time.monotonic() + timeout
+    while job_state(slurm, job_id)[0] not in states and time.monotonic() < deadline:
+        time.sleep(1)
+    return job_state(slurm, job_id)
+
+
+def test_a_requeued_train_sh_resumes_from_its_checkpoint_and_keeps_its_output(
+        slurm, tiny_data, tmp_path):
+    """scontrol requeue, as preemption does: SIGTERM, a checkpoint, the same job id again (so
+    the same TRAIN_DIR), a resume at that step, and the output of both starts in one file."""
+    submitted = run(["sbatch", "--parsable", "--ntasks-per-node=2", "--gpus-per-task=0",
+                     "--cpus-per-task=1", "--time=10",
+                     f"--export=ALL,VENV={os.path.dirname(BIN)},DATA_DIR={tiny_data}",
+                     os.path.join(REPO_ROOT, "slurm", "train.sh"), "--max_steps", "150",
+                     "--batch_size", "16", "--no_download", "--seed", "3",
+                     "--log_frequency", "5"],
+                    env=slurm, cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    train_dir = tmp_path / "runs" / f"slurm-{job_id}"
+    wait_for_step(train_dir, 10)
+    assert run(["scontrol", "requeue", job_id], env=slurm).returncode == 0
+    state, shown = wait_for_job_state(slurm, job_id, {"PENDING"})
+    assert state == "PENDING", shown
+    # Slurm holds a requeued job for a while (BeginTime); release it now.
+    run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm)
+    state, shown = wait_for_job_state(slurm, job_id, {"COMPLETED", "FAILED", "CANCELLED"})
+    assert state == "COMPLETED" and "Restarts=1" in shown, shown
+    log = (train_dir / "train.log").read_text()
+    stopped = re.search(r"stopped by SIGTERM at step (\d+); checkpoint written", log)
+    assert stopped, log[-3000:]
+    step = stopped.group(1)
+    assert f"resuming from runs/slurm-{job_id}/ckpt-{step} at step {step}" in log
+    assert "finished at step 150" in log
+    output = (tmp_path / f"hvd_cifar-{job_id}.out").read_text()
+    assert output.count("slurm/train.sh: job") == 2
+    assert f"stopped by SIGTERM at step {step}" in output and "finished at step 150" in output
 
 
 def test_sbatch_eval_sh_evaluates_the_run(slurm, tiny_data, tmp_path):
