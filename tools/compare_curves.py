@@ -1,11 +1,13 @@
 """Put the learning curves of several runs side by side: one PNG and one Markdown table.
 
-    python tools/compare_curves.py OUT_PREFIX LABEL=TRAIN_DIR:GLOBAL_BATCH ...
+    python tools/compare_curves.py OUT_PREFIX LABEL=TRAIN_DIR:GLOBAL_BATCH ... \
+        [LABEL=points:IMAGES:PRECISION,IMAGES:PRECISION,...]
 
 Each TRAIN_DIR holds the eval_curve.json of `python -m hvd_cifar.evaluate --all_checkpoints`.
 Curves are drawn against images seen (steps x global batch), so runs of different global
-batches compare at the same amount of data. Writes OUT_PREFIX.png and OUT_PREFIX.md (a table
-of precision @ 1 by images seen, each run beside the first, in points of difference).
+batches compare at the same amount of data. A `points:` entry is a published figure (e.g. the
+tutorial's) drawn as markers. Writes OUT_PREFIX.png and OUT_PREFIX.md (a table of precision @ 1
+by images seen, each run beside the first, in points of difference).
 """
 import json
 import os
@@ -18,16 +20,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main(out_prefix, runs):
-    curves = {}
+    curves, published = {}, set()
     for run in runs:
         label, rest = run.split("=", 1)
+        if rest.startswith("points:"):
+            # Published figures: one "step" is one image, so global batch 1.
+            curves[label] = (1, [{"global_step": int(images), "precision_at_1": float(value)}
+                                 for images, value in (point.split(":") for point in
+                                                       rest[len("points:"):].split(","))])
+            published.add(label)
+            continue
         train_dir, global_batch = rest.rsplit(":", 1)
         with open(os.path.join(train_dir, "eval_curve.json")) as f:
             curves[label] = (int(global_batch), json.load(f))
     figure, axes = plt.subplots(figsize=(8, 5))
     for label, (global_batch, curve) in curves.items():
         axes.plot([c["global_step"] * global_batch / 1e6 for c in curve],
-                  [c["precision_at_1"] for c in curve], "o-", label=label)
+                  [c["precision_at_1"] for c in curve],
+                  "D" if label in published else "o-", markersize=8 if label in published else 4,
+                  label=label)
     axes.set_xlabel("images seen (millions)")
     axes.set_ylabel("precision @ 1 (moving averages, 10,000 test images)")
     axes.grid(alpha=0.3)
