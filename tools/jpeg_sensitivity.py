@@ -1,7 +1,7 @@
 """How sensitive a trained network is to the JPEG compression of the CIFAR-10 copy it learnt on.
 
     python tools/jpeg_sensitivity.py WEIGHTS [--archive ../shared/data/cifar10-jpeg.tar.gz]
-        [--qualities 90,75,50] [--json OUT.json]
+        [--qualities 90,50] [--json OUT.json]
 
 WEIGHTS is an .h5 of moving-average weights (hvd_cifar/weights/, `export --weights`) or a
 train_dir (its newest checkpoint's moving averages). The copy stores every image as a JPEG
@@ -84,7 +84,7 @@ def main():
     parser.add_argument("--archive", default=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
         "cifar10-jpeg.tar.gz"))
-    parser.add_argument("--qualities", default="90,75,50")
+    parser.add_argument("--qualities", default="90,50")
     parser.add_argument("--json")
     args = parser.parse_args()
     names, labels, raws = test_images(args.archive)
