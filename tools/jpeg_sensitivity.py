@@ -70,12 +70,14 @@ def precision(probabilities, images, labels, batch=1000):
 
 
 def load(weights):
+    """(classifier, the file its weights came from)."""
     if os.path.isdir(weights):
-        network, _ = checkpoint_lib.load_averaged_model(checkpoint_lib.latest(weights))
-    else:
-        network = model_lib.inference()
-        network.load_weights(weights)
-    return classifier(network)
+        path = checkpoint_lib.latest(weights)
+        network, _ = checkpoint_lib.load_averaged_model(path)
+        return classifier(network), path
+    network = model_lib.inference()
+    network.load_weights(weights)
+    return classifier(network), weights
 
 
 def main():
@@ -95,7 +97,7 @@ def main():
             subsamplings.add({0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}.get(
                 JpegImagePlugin.get_sampling(image), "other"))
     stored = np.stack([decode_to_cifar(raw) for raw in raws])
-    probabilities = load(args.weights)
+    probabilities, weights_file = load(args.weights)
     rows = [("as stored", stored, None)]
     once_more = np.stack([decode_to_cifar(recompress(raw, "keep")) for raw in raws])
     rows.append(("once more with the copy's own tables (quality=\"keep\")", once_more, None))
@@ -103,7 +105,7 @@ def main():
         rows.append((f"re-compressed at quality {quality}",
                      np.stack([decode_to_cifar(recompress(raw, quality)) for raw in raws]),
                      quality))
-    result = {"weights": args.weights, "test_images": len(raws),
+    result = {"weights": weights_file, "test_images": len(raws),
               "quality_estimate": {"median": statistics.median(qualities),
                                    "min": min(qualities), "max": max(qualities)},
               "chroma_subsampling": sorted(subsamplings), "variants": []}
