@@ -25,8 +25,8 @@ import time
 import numpy as np
 
 from hvd_cifar import data, model as model_lib
-from hvd_cifar.config import (UserError, flag, non_negative_int, parse_command, positive_float,
-                              positive_int, run_command, say)
+from hvd_cifar.config import (UserError, first_line, flag, non_negative_int, parse_command,
+                              positive_float, positive_int, run_command, say)
 
 # A GPU below this compute capability gains little from float16 (no tensor cores).
 MIXED_PRECISION_CAPABILITY = (7, 0)
@@ -245,7 +245,7 @@ def run_checks(config):
         xla = ("PASS", "XLA compiled and ran a test function") if float(
             compiled(tf.ones([4, 4]))) == 32.0 else ("FAIL", "XLA computed a wrong value")
     except Exception as error:  # XLA reports failures as many exception types
-        xla = ("FAIL", f"XLA on rank {rank} on {host}: {str(error).splitlines()[0][:200]}")
+        xla = ("FAIL", f"XLA on rank {rank} on {host}: {first_line(error)[:200]}")
 
     # The all-reduce and broadcast, checked exactly: small integers are exact in float32.
     known = np.arange(1000, dtype=np.float32) * (rank + 1)

@@ -82,7 +82,8 @@ def test_a_requeued_train_sh_resumes_from_its_checkpoint_and_keeps_its_output(
     state, shown = wait_for_job_state(slurm, job_id, {"PENDING"})
     assert state == "PENDING", shown
     # Slurm holds a requeued job for a while (BeginTime); release it now.
-    run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm)
+    released = run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm)
+    assert released.returncode == 0, released.stderr
     state, shown = wait_for_job_state(slurm, job_id, {"COMPLETED", "FAILED", "CANCELLED"})
     assert state == "COMPLETED" and "Restarts=1" in shown, shown
     log = (train_dir / "train.log").read_text()

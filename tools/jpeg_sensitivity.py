@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import sys
-import tarfile
 
 import numpy as np
 from PIL import Image, JpegImagePlugin
@@ -26,7 +25,7 @@ from PIL import Image, JpegImagePlugin
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from hvd_cifar import checkpoint as checkpoint_lib, data, model as model_lib  # noqa: E402
-from hvd_cifar.convert import decode_to_cifar  # noqa: E402
+from hvd_cifar.convert import decode_to_cifar, image_bytes, list_image_tree  # noqa: E402
 from hvd_cifar.predict import classifier  # noqa: E402
 
 # The luminance table of the JPEG standard (Annex K), which libjpeg scales by the quality.
@@ -44,16 +43,13 @@ def estimated_quality(image):
 
 
 def test_images(archive):
-    """(names, labels, JPEG bytes) of every test image, in the archive's order."""
-    names, labels, raws = [], [], []
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if member.isfile() and len(parts) == 3 and parts[0] == "test":
-                names.append(member.name)
-                labels.append(data.CIFAR10_CLASSES.index(parts[1]))
-                raws.append(tar.extractfile(member).read())
-    return names, np.array(labels), raws
+    """(labels, JPEG bytes) of every test image, read the way convert reads the tree."""
+    class_of = {name: class_name for class_name, name in list_image_tree(archive)["test"]}
+    labels, raws = [], []
+    for name, raw in image_bytes(archive, set(class_of)):
+        labels.append(data.CIFAR10_CLASSES.index(class_of[name]))
+        raws.append(raw)
+    return np.array(labels), raws
 
 
 def recompress(raw, quality):
@@ -89,7 +85,7 @@ def main():
     parser.add_argument("--qualities", default="90,50")
     parser.add_argument("--json")
     args = parser.parse_args()
-    names, labels, raws = test_images(args.archive)
+    labels, raws = test_images(args.archive)
     qualities, subsamplings = [], set()
     for raw in raws:
         with Image.open(io.BytesIO(raw)) as image:
@@ -109,15 +105,14 @@ def main():
               "quality_estimate": {"median": statistics.median(qualities),
                                    "min": min(qualities), "max": max(qualities)},
               "chroma_subsampling": sorted(subsamplings), "variants": []}
-    base = None
     print(f"{len(raws)} test images; estimated JPEG quality median "
           f"{result['quality_estimate']['median']} (min {min(qualities)}, max "
           f"{max(qualities)}); chroma subsampling {', '.join(sorted(subsamplings))}\n")
     print("| test images | mean abs. pixel change vs as stored | precision @ 1 | vs as stored |")
     print("|---|---|---|---|")
-    for label, images, quality in rows:
-        value = precision(probabilities, images, labels)
-        base = value if base is None else base
+    values = [precision(probabilities, images, labels) for _, images, _ in rows]
+    base = values[0]  # as stored
+    for (label, images, quality), value in zip(rows, values):
         change = float(np.mean(np.abs(images.astype(np.int16) - stored.astype(np.int16))))
         result["variants"].append({"variant": label, "quality": quality, "precision_at_1": value,
                                    "mean_abs_pixel_change": change})
