@@ -9,10 +9,14 @@ tf.train.CheckpointManager, holding:
     moving_averages  the exponential moving averages of the trainable variables
     global_step      synchronized updates made
 """
+import os
+import re
+
 import tensorflow as tf
 
 from hvd_cifar import model as model_lib
 from hvd_cifar.config import UserError, first_line
+from hvd_cifar.files import write_atomically
 
 CHECKPOINT_PREFIX = "ckpt"
 # What TensorFlow raises for a checkpoint that is truncated, corrupt or of another model.
@@ -60,20 +64,185 @@ def restore(checkpoint, path, partial=False, use_fp16=None):
                         "use another --train_dir or --fresh") from None
 
 
+# A checkpoint's files: ckpt-<step>.index, written last, and its data shards
+# ckpt-<step>.data-<i>-of-<n>. The `checkpoint` state file that TensorFlow keeps beside them
+# only lists them; a checkpoint is found from its own files, never from that list alone.
+STATE_FILE = "checkpoint"
+CHECKPOINT_FILE = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)\.(index|data-\d+-of-(\d+))$")
+
+
+def damage(path):
+    """Why the checkpoint at path (ckpt-<step>) cannot be restored, or None when its index and
+    every data shard are present and every tensor reads back whole (TensorFlow checks each
+    tensor's checksum as it reads it)."""
+    folder, name = os.path.split(path)
+    if not os.path.isfile(path + ".index"):
+        return f"its index {name}.index is missing"
+    shard_counts = set()
+    for entry in os.listdir(folder or "."):
+        match = CHECKPOINT_FILE.match(entry)
+        if match and entry.startswith(name + ".data-"):
+            shard_counts.add(int(match.group(3)))
+    expected = max(shard_counts, default=1)
+    missing = [f"{name}.data-{i:05d}-of-{expected:05d}" for i in range(expected)
+               if not os.path.isfile(f"{path}.data-{i:05d}-of-{expected:05d}")]
+    if missing:
+        return f"its data file {missing[0]} is missing"
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    except CHECKPOINT_ERRORS as error:
+        return f"unreadable: {first_line(error, 'unreadable')[:200]}"
+    return None
+
+
+def checkpoint_steps(folder):
+    """The steps of which folder holds any checkpoint file, oldest first."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted({int(m.group(1)) for m in map(CHECKPOINT_FILE.match, entries) if m})
+
+
+class Found:
+    """The checkpoints of a folder: `complete` paths oldest first, `damaged` (path, why)
+    newest first, and `listed`, what the state file names (None when it is unreadable)."""
+
+    def __init__(self, complete, damaged, listed):
+        self.complete, self.damaged, self.listed = complete, damaged, listed
+
+    @property
+    def newest(self):
+        return self.complete[-1] if self.complete else None
+
+    def skipped_notes(self):
+        """Lines about every damaged checkpoint newer than the one restored."""
+        newest_step = step_of(self.newest) if self.newest else -1
+        return [f"skipped {path}, newer than {self.newest} but damaged ({why})"
+                for path, why in self.damaged if step_of(path) > newest_step]
+
+    def refusal(self, flag_name, folder):
+        """The one line for a folder whose checkpoints are all damaged, or None."""
+        if self.complete:
+            return None
+        if self.damaged:
+            named = "; ".join(f"checkpoint {path}: {why}" for path, why in self.damaged[:3])
+            return (f"{flag_name} {folder} holds no complete checkpoint ({named}); "
+                    "restore the missing files, or start over with --fresh (which keeps this "
+                    "folder aside)")
+        if self.listed is None:
+            return (f"{flag_name} {folder}: its {STATE_FILE} file is unreadable and no "
+                    "checkpoint file is there; remove it, or start over with --fresh")
+        if self.listed:
+            return (f"{flag_name} {folder}: its {STATE_FILE} file names "
+                    f"{', '.join(os.path.basename(p) for p in self.listed[-3:])}, but no "
+                    "checkpoint file is there; restore them, or start over with --fresh")
+        return None
+
+
+def step_of(path):
+    return int(path.rsplit("-", 1)[1])
+
+
+def listed_in_state_file(folder):
+    """The checkpoint paths the state file lists, oldest first; [] without one and None when
+    it is unreadable."""
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    listed = re.findall(r'^all_model_checkpoint_paths:\s*"(.*)"\s*$', text, re.M)
+    newest = re.findall(r'^model_checkpoint_path:\s*"(.*)"\s*$', text, re.M)
+    if not listed and not newest:
+        return None
+    paths = [p if os.path.isabs(p) else os.path.join(folder, p) for p in listed or newest]
+    return paths
+
+
+def find(folder):
+    """Every checkpoint of folder, judged from its files (see Found)."""
+    complete, damaged = [], []
+    for step in reversed(checkpoint_steps(folder)):
+        path = os.path.join(folder, f"{CHECKPOINT_PREFIX}-{step}")
+        why = damage(path)
+        if why is None:
+            complete.append(path)
+        else:
+            damaged.append((path, why))
+    return Found(complete[::-1], damaged, listed_in_state_file(folder))
+
+
+def write_state_file(folder, found):
+    """Make the state file list exactly the complete checkpoints (relative names, as
+    tf.train.CheckpointManager writes them), so the manager keeps and deletes the right ones.
+    Whether it had to be rewritten."""
+    names = [os.path.basename(p) for p in found.complete]
+    if found.listed is not None and [os.path.basename(p) for p in found.listed] == names:
+        return False
+    # The manager deletes only checkpoints newer than last_preserved_timestamp: each keeps
+    # its own time, so --keep_checkpoints goes on counting them.
+    times = [os.stat(p + ".index").st_mtime for p in found.complete]
+    text = "".join([f'model_checkpoint_path: "{names[-1]}"\n'] +
+                   [f'all_model_checkpoint_paths: "{n}"\n' for n in names] +
+                   [f'all_model_checkpoint_timestamps: {t!r}\n' for t in times] +
+                   [f'last_preserved_timestamp: {min(times) - 1!r}\n'])
+    state_path = os.path.join(folder, STATE_FILE)
+
+    def write(partial):
+        with open(partial, "w") as f:
+            f.write(text)
+    write_atomically(state_path, write)
+    return True
+
+
 def restore_latest(checkpoint, train_dir, use_fp16=None):
-    """Restore the newest checkpoint of train_dir; its path, or None when there is none."""
-    path = tf.train.latest_checkpoint(train_dir)
-    if path is not None:
-        restore(checkpoint, path, use_fp16=use_fp16)
-    return path
+    """Restore the newest complete checkpoint of train_dir. Returns (its path or None, notes:
+    the damaged checkpoints skipped and a rewritten state file); a UserError when train_dir
+    has checkpoints but none is complete."""
+    found = find(train_dir)
+    refusal = found.refusal("--train_dir", train_dir)
+    if refusal:
+        raise UserError(refusal)
+    if found.newest is None:
+        return None, []
+    notes = found.skipped_notes()
+    if write_state_file(train_dir, found):
+        notes.append(f"rewrote {os.path.join(train_dir, STATE_FILE)} to list the complete "
+                     f"checkpoints ({', '.join(os.path.basename(p) for p in found.complete)})")
+    restore(checkpoint, found.newest, use_fp16=use_fp16)
+    return found.newest, notes
+
+
+def complete_checkpoints(checkpoint_dir):
+    """The complete checkpoints of checkpoint_dir, oldest first, or a UserError naming the
+    folder (and the damaged ones, when it has only those)."""
+    found = find(checkpoint_dir)
+    refusal = found.refusal("--checkpoint_dir", checkpoint_dir)
+    if refusal:
+        raise UserError(refusal)
+    if not found.complete:
+        raise UserError(f"--checkpoint_dir {checkpoint_dir} holds no checkpoint")
+    return found.complete
 
 
 def latest(checkpoint_dir):
-    """The newest checkpoint's path, or a UserError naming the folder."""
-    path = tf.train.latest_checkpoint(checkpoint_dir)
-    if path is None:
-        raise UserError(f"--checkpoint_dir {checkpoint_dir} holds no checkpoint")
-    return path
+    """The newest complete checkpoint's path, or a UserError naming the folder."""
+    return complete_checkpoints(checkpoint_dir)[-1]
+
+
+def newest_complete(checkpoint_dir):
+    """The newest complete checkpoint's path, or None (for a watcher that waits for one)."""
+    for step in reversed(checkpoint_steps(checkpoint_dir)):
+        path = os.path.join(checkpoint_dir, f"{CHECKPOINT_PREFIX}-{step}")
+        if damage(path) is None:
+            return path
+    return None
 
 
 def load_averaged_model(path):

@@ -105,6 +105,10 @@ positive_float = number_flag(float, "a positive number",
                              lambda value: math.isfinite(value) and value > 0)
 non_negative_float = number_flag(float, "a number >= 0",
                                  lambda value: math.isfinite(value) and value >= 0)
+# Seeds reach NumPy (below 2^32) and, with the rank added, TensorFlow's int32 seeds.
+SEED_LIMIT = 2**31
+seed_int = number_flag(int, f"an integer from 0 to {SEED_LIMIT - 1}",
+                       lambda value: 0 <= value < SEED_LIMIT)
 fraction = number_flag(float, "a number between 0 and 1", lambda value: 0 < value < 1)
 
 

@@ -12,7 +12,7 @@ import tarfile
 import numpy as np
 from PIL import Image
 
-from hvd_cifar.config import UserError, argument, flag, fraction
+from hvd_cifar.config import UserError, argument, first_line, flag, fraction
 from hvd_cifar.data import (BATCHES_DIR, META_FILE, NUM_CLASSES, ORIGINAL_SIZE, TEST_FILES,
                             TRAIN_FILES, write_records)
 from hvd_cifar.files import staged_folder
@@ -85,11 +85,15 @@ def empty_class_folders(folders, image_names, wrapped):
 
 def image_bytes(source, wanted):
     """(name, bytes) for every name in wanted: a tar archive in one pass in its own order
-    (a .tar.gz cannot seek cheaply), a folder file by file."""
+    (a .tar.gz cannot seek cheaply), a folder file by file. A file of a folder that cannot be
+    read (a dangling symbolic link, a link loop) comes as (name, the OSError)."""
     if os.path.isdir(source):
         for name in wanted:
-            with open(os.path.join(source, name), "rb") as f:
-                yield name, f.read()
+            try:
+                with open(os.path.join(source, name), "rb") as f:
+                    yield name, f.read()
+            except OSError as error:
+                yield name, error
         return
     with tarfile.open(source) as tar:
         for member in tar:
@@ -129,7 +133,14 @@ def to_rgb8(image):
 def decode_to_cifar(raw):
     """Any PIL-readable image -> uint8 32x32x3 (see to_rgb8; resized with antialiasing when it
     is not 32x32). An image above MAX_IMAGE_PIXELS is a UserError, found before decoding."""
-    with Image.open(io.BytesIO(raw)) as image:
+    try:
+        opened = Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError:  # PIL's own limit, far above ours
+        raise UserError(f"larger than {MAX_IMAGE_PIXELS:,} pixels; shrink it first (the network "
+                        "reads 32x32 images)") from None
+    except Image.UnidentifiedImageError:
+        raise UserError("not an image format PIL can read") from None
+    with opened as image:
         width, height = image.size
         if width * height > MAX_IMAGE_PIXELS:
             raise UserError(f"{width}x{height} is larger than {MAX_IMAGE_PIXELS:,} pixels; "
@@ -168,10 +179,15 @@ def convert(source, out_dir, test_fraction=None, seed=0, skip_bad=False):
     pixels, bad = {}, []
     wanted = {name for members in tree.values() for _, name in members}
     for name, raw in image_bytes(source, wanted):
+        if isinstance(raw, OSError):
+            bad.append(f"{name} (cannot be read: {raw.strerror})")
+            continue
         try:
             pixels[name] = decode_to_cifar(raw)
+        except UserError as error:
+            bad.append(f"{name} ({error})")
         except Exception as error:  # PIL raises many kinds for a bad file
-            bad.append(f"{name} ({type(error).__name__}: {error})")
+            bad.append(f"{name} ({type(error).__name__}: {first_line(error, 'unreadable')})")
     decoded = {split: ([pixels[name] for _, name in members if name in pixels],
                        [class_list.index(c) for c, name in members if name in pixels])
                for split, members in tree.items()}

@@ -181,11 +181,23 @@ def class_names(batches_dir):
     """Class names from batches.meta.txt (one a line) when present, else CIFAR-10's."""
     meta = os.path.join(batches_dir, META_FILE) if batches_dir else None
     if meta and os.path.isfile(meta):
-        with open(meta) as f:
-            names = [line.strip() for line in f if line.strip()]
+        try:
+            with open(meta, encoding="utf-8") as f:
+                names = [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise UserError(f"{meta}: cannot be read as class names, one a line "
+                            f"({getattr(error, 'strerror', None) or error.reason})") from None
+        if len(names) > NUM_CLASSES:
+            raise UserError(f"{meta} names {len(names)} classes; the network has "
+                            f"{NUM_CLASSES} outputs")
         if names:
             return tuple(names)
     return CIFAR10_CLASSES
+
+
+def label_names(names, count):
+    """count names for labels 0..count-1: names, then `class N` for labels they leave out."""
+    return tuple(names[:count]) + tuple(f"class {i}" for i in range(len(names), count))
 
 
 def decode_record(record):

@@ -103,16 +103,26 @@ def fail_together(action):
 
 
 class StopRequest:
-    """Remembers a SIGTERM (Slurm preemption or time limit, via --signal) or SIGINT (Ctrl-C);
-    the training loop acts on it at its next log step, where every rank learns of it together."""
+    """Remembers a SIGTERM (Slurm preemption or time limit, via --signal, a launcher passing
+    on a stop) or SIGINT (Ctrl-C); the training loop acts on it at its next log step, where
+    every rank learns of it together. A second signal changes nothing: the stop under way
+    goes on."""
 
     def __init__(self):
-        self.signal_number = 0
+        self.received = set()
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signal_number, self.request)
 
     def request(self, signal_number, frame):
-        self.signal_number = signal_number
+        self.received.add(signal_number)
+
+    @property
+    def signal_number(self):
+        """The signal to name for the stop (0 for none): SIGINT, the user's own, before
+        SIGTERM, which launchers send when they pass a stop on."""
+        if signal.SIGINT in self.received:
+            return signal.SIGINT
+        return min(self.received, default=0)
 
 
 class ElasticState(ObjectState):
@@ -225,14 +235,17 @@ class Watchdog:
     def __init__(self, timeout_seconds, rank, host):
         self.timeout_seconds, self.rank, self.host = timeout_seconds, rank, host
         self.phase = None
+        self.phase_limit = timeout_seconds
         self.since = time.monotonic()
         self.resume_hint = ""  # what a rerun would do, kept current by the training loop
         self.on_hang = None    # run before the process ends (rank 0 releases its train_dir)
         if timeout_seconds:
             threading.Thread(target=self._watch, daemon=True, name="watchdog").start()
 
-    def waiting_for(self, step, what):
-        """Mark the start of a phase: step, and what the rank waits for in it."""
+    def waiting_for(self, step, what, at_least=0.0):
+        """Mark the start of a phase: step, and what the rank waits for in it. at_least is a
+        longer limit for a phase that is slow on every rank (the first step's tracing)."""
+        self.phase_limit = max(self.timeout_seconds, at_least)
         self.phase, self.since = (step, what), time.monotonic()
 
     def idle(self):
@@ -243,10 +256,10 @@ class Watchdog:
         while True:
             time.sleep(poll)
             phase, waited = self.phase, time.monotonic() - self.since
-            if phase is not None and waited > self.timeout_seconds:
+            if phase is not None and waited > self.phase_limit:
                 step, what = phase
                 say(f"hvd_cifar: error: rank {self.rank} on {self.host} waited {waited:.0f} s "
-                    f"(--hang_timeout_secs {self.timeout_seconds:g}) at step {step} for "
+                    f"(--hang_timeout_secs {self.phase_limit:g}) at step {step} for "
                     f"{what}: a rank or device of the job stopped answering; ending the job"
                     f"{self.resume_hint}", sys.stderr)
                 if self.on_hang is not None:

@@ -11,6 +11,7 @@ import datetime
 import glob
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -112,11 +113,19 @@ def evaluate_once(config, checkpoint_path, test_paths, names):
     # in size and each rank runs its own number of batches before the single all-reduce.
     dataset = data.eval_dataset(test_paths, config.batch_size, num_shards=hvd.size(),
                                 shard_index=hvd.rank())
-    counts = confusion_matrix(model, dataset, len(names))
+    counts = confusion_matrix(model, dataset, data.NUM_CLASSES)
     # Horovod: add up every rank's counts, so the result equals one process evaluating all.
     counts = hvd.allreduce(tf.constant(counts), op=hvd.Sum, name="confusion_matrix").numpy()
     if hvd.rank() != 0:
         return None
+    # The classes that have a name, or an example or prediction: labels the class names
+    # leave out are shown as `class N`.
+    seen = np.flatnonzero(counts.sum(axis=0) + counts.sum(axis=1))
+    used = max(len(names), int(seen.max()) + 1 if seen.size else 0)
+    if used > len(names):
+        say(f"hvd_cifar: warning: the class names ({len(names)}) do not cover labels "
+            f"{len(names)} to {used - 1}; they are shown as 'class N'", sys.stderr)
+    names, counts = data.label_names(names, used), counts[:used, :used]
     summary = summarize(counts, names, global_step, checkpoint_path)
     say(f"{datetime.datetime.now()}: precision @ 1 = {summary['precision_at_1']:.3f} "
         f"(step {global_step}, {summary['num_examples']} examples)")
@@ -160,12 +169,10 @@ def plot_curve(curve, path):
 
 def evaluate_all(config, test_paths, names):
     """Every kept checkpoint, oldest first; rank 0 writes eval_curve.json and eval_curve.png."""
-    state = tf.train.get_checkpoint_state(config.checkpoint_dir)
-    if state is None:
-        raise UserError(f"--checkpoint_dir {config.checkpoint_dir} holds no checkpoint")
+    paths = checkpoint_lib.complete_checkpoints(config.checkpoint_dir)
     wall_seconds = training_wall_seconds(config.checkpoint_dir)
     curve = []
-    for path in state.all_model_checkpoint_paths:
+    for path in paths:
         summary = evaluate_once(config, path, test_paths, names)
         if summary is not None:
             curve.append({"global_step": summary["global_step"],
@@ -230,7 +237,8 @@ def evaluate(config):
         # Horovod: rank 0 decides which checkpoint is next and when to stop, so all ranks
         # evaluate the same one and leave together.
         path, stop_signal = hvd.broadcast_object(
-            (tf.train.latest_checkpoint(config.checkpoint_dir), stop_request.signal_number),
+            (checkpoint_lib.newest_complete(config.checkpoint_dir) if hvd.rank() == 0 else None,
+             stop_request.signal_number),
             root_rank=0)
         if stop_signal:
             raise Stopped(stop_signal)

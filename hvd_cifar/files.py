@@ -24,6 +24,20 @@ def write_atomically(path, write, suffix=".part"):
             os.remove(partial)
 
 
+def write_new_file(path, write, suffix=".part"):
+    """Like write_atomically, but path must not exist: the finished file is hard-linked into
+    place, which fails with FileExistsError when another writer got there first (of two at
+    once, exactly one succeeds), leaving that writer's file untouched."""
+    directory, name = os.path.split(os.path.abspath(path))
+    partial = os.path.join(directory, f".{name}.{os.getpid()}{suffix}")
+    try:
+        write(partial)
+        os.link(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
 @contextlib.contextmanager
 def staged_folder(destination):
     """Yield an empty hidden folder beside destination; when the block ends without an error the

@@ -82,7 +82,9 @@ class PredictConfig:
 
 def predict(config):
     probabilities_of, names = load_classifier(config.checkpoint_dir)
-    names = names or data.class_names(os.path.join(config.data_dir, data.BATCHES_DIR))
+    names = data.label_names(
+        names or data.class_names(os.path.join(config.data_dir, data.BATCHES_DIR)),
+        data.NUM_CLASSES)
     readable, failures = [], 0
     for path in config.images:
         try:

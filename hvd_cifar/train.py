@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -24,7 +25,7 @@ import horovod.tensorflow as hvd
 from hvd_cifar import checkpoint as checkpoint_lib, data, train_dir as train_dir_lib
 from hvd_cifar.config import (RankFailure, Stopped, UserError, first_line, flag,
                               non_negative_float, non_negative_int, parse_command, positive_int,
-                              run_command, say)
+                              run_command, say, seed_int)
 from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Watchdog,
                                    fail_together, pin_devices, set_launch_defaults, set_timeline)
 from hvd_cifar.trainer import Trainer, TrainerConfig, check_loss, weights_digest
@@ -52,7 +53,7 @@ class TrainConfig(TrainerConfig):
                                        "at the end)", positive_int)
     keep_checkpoints: int = flag(5, "how many of the newest checkpoints to keep", positive_int)
     seed: int = flag(0, "seed of the initial weights, the shuffling and the distortions",
-                     non_negative_int)
+                     seed_int)
     synthetic: bool = flag(False, "train on random tensors instead of CIFAR-10 (smoke runs, "
                            "benchmarks)")
     fresh: bool = flag(False, "start over: move an existing train_dir aside to "
@@ -195,6 +196,7 @@ class TrainingRun:
         self.notes = []   # rank 0's lines about the train_dir, said once the log is open
         self.previous_run = None  # how the run before this one in the train_dir was set up
         self.last_checkpoint_step = None
+        self.saved_on_request = None  # the step rank 0 wrote when a stop was requested
 
     def __call__(self, elastic_state=None):
         config, trainer = self.config, self.trainer
@@ -235,14 +237,22 @@ class TrainingRun:
         if config.fresh and os.path.isdir(config.train_dir) and os.listdir(config.train_dir):
             # Moving a folder aside is for a run that is over: its lock must be free too.
             train_dir_lib.TrainDirLock(config.train_dir, config.take_over_train_dir).release()
-        train_dir_lib.prepare(config.train_dir, config.fresh)
-        self.lock = train_dir_lib.TrainDirLock(config.train_dir, config.take_over_train_dir)
+        created = train_dir_lib.prepare(config.train_dir, config.fresh)
+        try:
+            self.lock = train_dir_lib.TrainDirLock(config.train_dir, config.take_over_train_dir)
+        except UserError:
+            if created:  # a run that could not start leaves nothing behind
+                shutil.rmtree(config.train_dir, ignore_errors=True)
+            raise
         self.notes += self.lock.notes
         for leftover in train_dir_lib.remove_unfinished_checkpoints(config.train_dir):
             self.notes.append(f"removed {leftover}, a checkpoint a stopped run did not finish")
         self.previous_run = train_dir_lib.read_run_record(config.train_dir)
-        return checkpoint_lib.restore_latest(self.trainer.checkpoint, config.train_dir,
-                                             use_fp16=config.use_fp16)
+        restored, notes = checkpoint_lib.restore_latest(self.trainer.checkpoint,
+                                                        config.train_dir,
+                                                        use_fp16=config.use_fp16)
+        self.notes += notes
+        return restored
 
     def release_train_dir(self):
         if self.lock is not None:
@@ -264,6 +274,7 @@ class TrainingRun:
         except tf.errors.OpError as error:
             if not any(marker in str(error) for marker in LOST_PEER_MARKERS):
                 raise
+            self.save_after_lost_peers()
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             # The reason is a line of Horovod's or Gloo's, not one of TensorFlow's node trace.
             reasons = [line for line in lines if any(m in line for m in LOST_PEER_MARKERS)
@@ -345,7 +356,7 @@ class TrainingRun:
 
     def write_checkpoint(self, step):
         train_dir = self.config.train_dir
-        newest = tf.train.latest_checkpoint(train_dir)
+        newest = self.checkpoints.latest_checkpoint
         if newest == os.path.join(train_dir, f"{checkpoint_lib.CHECKPOINT_PREFIX}-{step}"):
             return
         try:
@@ -367,10 +378,21 @@ class TrainingRun:
         interval_losses, interval_accuracies = [], []
         running_loss = None
         interval_start = time.perf_counter()
+        first_step = True
         while step < config.max_steps:
-            self.watchdog.waiting_for(step + 1, "the training step and its gradient all-reduce")
+            if first_step:
+                # Tracing (and compiling) the step takes every rank long: not a hang.
+                self.watchdog.waiting_for(step + 1, "the first training step (traced and "
+                                          "compiled) and its gradient all-reduce",
+                                          at_least=DEFAULT_HANG_TIMEOUT_SECONDS)
+                first_step = False
+            else:
+                self.watchdog.waiting_for(step + 1, "the training step and its gradient "
+                                          "all-reduce")
             loss, accuracy = trainer.step(batches)
             step += 1
+            if self.stop_request.signal_number and self.saved_on_request is None and is_chief:
+                self.save_on_request(step)
             interval_losses.append(loss)
             interval_accuracies.append(accuracy)
             if elastic_state is not None and step % config.commit_every_steps == 0:
@@ -380,12 +402,16 @@ class TrainingRun:
                     step < config.max_steps):
                 continue
             # Horovod: losses and accuracies are averaged over ranks, so all ranks see one
-            # number; a stop request on any rank makes the averaged signal non-zero on all.
+            # number; a stop request (SIGINT or SIGTERM) on any rank makes its share non-zero
+            # on all.
             self.watchdog.waiting_for(step, "the all-reduce of the logged loss")
-            mean_loss, mean_accuracy, stop_signal = (float(v) for v in hvd.allreduce(
+            received = self.stop_request.signal_number
+            mean_loss, mean_accuracy, interrupted, terminated = (float(v) for v in hvd.allreduce(
                 tf.stack([tf.reduce_mean(interval_losses), tf.reduce_mean(interval_accuracies),
-                          float(self.stop_request.signal_number)]),
+                          float(received == signal.SIGINT), float(received == signal.SIGTERM)]),
                 op=hvd.Average, name="interval_metrics"))
+            stop_signal = (signal.SIGINT if interrupted else
+                           signal.SIGTERM if terminated else 0)
             check_loss(mean_loss, running_loss, step, trainer)
             running_loss = (mean_loss if running_loss is None
                             else 0.9 * running_loss + 0.1 * mean_loss)
@@ -397,10 +423,10 @@ class TrainingRun:
                       "sec_per_batch": elapsed / len(interval_losses)}
             # Horovod: rank 0 writes the log, and every rank stops when it could not.
             fail_together(lambda: self.write_log(step, values) if is_chief else None)
+            if stop_signal:
+                self.stop(step, stop_signal)
             if step % config.checkpoint_every_steps == 0:
                 self.save_checkpoint(step)
-            if stop_signal:
-                self.stop(step)
             interval_losses, interval_accuracies = [], []
             interval_start = time.perf_counter()
         return step
@@ -411,8 +437,43 @@ class TrainingRun:
             write_histograms(self.trainer.model, self.trainer.last_images, self.log.writer,
                              step)
 
-    def stop(self, step):
-        signal_number = self.stop_request.signal_number or signal.SIGTERM
+    def save_after_lost_peers(self):
+        """Rank 0, stopping on a signal when the other ranks went first (a launcher that
+        ended them at once, as mpirun does on a second Ctrl-C): the step that failed changed
+        no weight, so the last completed one is still every rank's, and rank 0 writes it."""
+        if hvd.rank() != 0 or not self.stop_request.signal_number or self.log is None:
+            return
+        if self.saved_on_request is not None:
+            return
+        self.save_on_request(int(self.trainer.global_step.numpy()), stopping=True)
+
+    def save_on_request(self, step, stopping=False):
+        """Rank 0, on its own stop request: write the step just completed at once, before the
+        ranks agree to stop at the next log step. A launcher that kills its ranks soon after
+        passing a signal on (Open MPI's odls_base_sigkill_timeout) then still leaves this
+        checkpoint. Every rank holds these same weights, so no other rank takes part."""
+        self.saved_on_request = step
+        name = signal.Signals(self.stop_request.signal_number).name
+        try:
+            self.write_checkpoint(step)
+        except UserError as error:  # said by every rank when the ranks stop together
+            self.log.line(f"hvd_cifar: {name}: {error}")
+            self.saved_on_request = -1
+            return
+        # Nothing else is written to the train_dir but the closing log lines, and the launcher
+        # may end this process at any moment now: the next run may have the folder.
+        self.release_train_dir()
+        self.log.line(f"hvd_cifar: {name} received: checkpoint of step {step} written; "
+                      + ("the other ranks are gone" if stopping
+                         else "stopping at the next log step"))
+
+    def stop(self, step, signal_number):
+        # Horovod: the run stops at the step rank 0 wrote on its own request, when it did:
+        # saving again here could be cut short by the launcher's kill.
+        # (Every rank knows last_checkpoint_step, so all or none take part in the broadcast.)
+        if self.last_checkpoint_step != step:
+            saved = self.saved_on_request if (self.saved_on_request or 0) > 0 else step
+            step = int(hvd.broadcast_object(saved, root_rank=0))
         self.save_checkpoint(step)
         # Horovod: nobody exits before rank 0's checkpoint is complete, since the launcher
         # kills the remaining ranks as soon as one has exited.
@@ -457,13 +518,16 @@ class Log:
                          if sys.stdout.isatty() and not launched else None)
 
     def line(self, text, to_stdout=True):
-        if to_stdout:
-            say(text)
         try:
             self.file.write(text + "\n")
             self.file.flush()
         except OSError as error:
             raise UserError(f"cannot write {self.file.name}: {error.strerror}") from None
+        if to_stdout:
+            try:
+                say(text)
+            except OSError:  # the launcher that read our output is gone; the file has it
+                pass
 
     def step(self, step, values):
         text = ("%s: step %d, loss = %.2f (%.1f examples/sec; %.3f sec/batch)"

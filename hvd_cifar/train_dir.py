@@ -2,13 +2,15 @@
 with room for its checkpoints, and a record of how the run was set up so a resume can say what
 changed. Nothing here knows about Horovod.
 
-The lock is the file `run.lock` in the train_dir: JSON naming the host, process, start time
-and Slurm job of its holder, created exclusively and refreshed (its modification time) every
-LOCK_REFRESH_SECONDS while the run lives. A lock is stale, and taken over with a note, when
-its holder is a process of this host that no longer exists, when it belongs to this same Slurm
-job (a requeue), or when it has not been refreshed for LOCK_STALE_SECONDS (a holder on another
-host that died: process ids of another host mean nothing here, but the file's age does, on a
-shared file system too). --take_over_train_dir takes any lock over deliberately.
+The lock is the file `run.lock` in the train_dir: JSON naming the host (and its boot), process
+(and the process's start time), start time and Slurm job of its holder, created whole and
+exclusively, and refreshed (its modification time) every LOCK_REFRESH_SECONDS while the run
+lives. On the holder's own host the lock is stale exactly when its process is gone (a suspended
+run keeps its lock however long it is stopped). Elsewhere it is stale when it belongs to this
+same Slurm job (a requeue), or when it has not been refreshed for LOCK_STALE_SECONDS (a holder
+on another host that died: process ids of another host mean nothing here, but the file's age
+does, on a shared file system too). --take_over_train_dir takes any lock over deliberately.
+A takeover is exclusive: of several contenders at once, one wins and the others are refused.
 """
 import datetime
 import glob
@@ -32,16 +34,27 @@ RUN_RECORD_NAME = "run.json"
 
 def prepare(train_dir, fresh):
     """Create train_dir (and with --fresh move an old one aside). Taking its lock next is the
-    test that it is writable."""
+    test that it is writable. Whether this call created the folder."""
+    if os.path.lexists(train_dir) and not os.path.isdir(train_dir):
+        raise UserError(f"--train_dir {train_dir} is a file, not a folder")
     if fresh and os.path.isdir(train_dir) and os.listdir(train_dir):
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         previous = f"{train_dir.rstrip('/')}.previous-{stamp}"
-        os.rename(train_dir, previous)
+        if os.path.ismount(train_dir):
+            raise UserError(f"--fresh cannot move --train_dir {train_dir} aside: it is a mount "
+                            "point; use a folder inside it as --train_dir")
+        try:
+            os.rename(train_dir, previous)
+        except OSError as error:
+            raise UserError(f"--fresh cannot move --train_dir {train_dir} aside to {previous}: "
+                            f"{error.strerror}") from None
         say(f"--fresh: moved the previous run to {previous}")
+    created = not os.path.isdir(train_dir)
     try:
         os.makedirs(train_dir, exist_ok=True)
     except OSError as error:
         raise UserError(f"--train_dir {train_dir} is not writable: {error.strerror}") from None
+    return created
 
 
 def remove_unfinished_checkpoints(train_dir):
@@ -66,48 +79,140 @@ def process_exists(pid):
     return True
 
 
+def process_start_ticks(pid):
+    """When process pid started, in clock ticks since boot (from /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name (field 2) may hold spaces; it ends at the last ')'.
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def boot_id():
+    """This boot of this host: process ids and start times mean something only within it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+# The largest process id Linux hands out (pid_max can be at most 2^22).
+MAX_PID = 1 << 22
+# A takeover in progress that is older than this was abandoned by a contender that died.
+TAKEOVER_STALE_SECONDS = 30
+
+
 class TrainDirLock:
     """Rank 0's claim on a train_dir for the life of a run (see the module's text)."""
 
     def __init__(self, train_dir, take_over=False):
+        self.train_dir = train_dir
         self.path = os.path.join(train_dir, LOCK_NAME)
         self.holder = {"host": socket.gethostname(), "pid": os.getpid(),
+                       "pid_started": process_start_ticks(os.getpid()), "boot_id": boot_id(),
                        "started": datetime.datetime.now().isoformat(timespec="seconds"),
                        "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
         self.notes = []
         self._stop = threading.Event()
-        self._acquire(train_dir, take_over)
+        self._acquire(take_over)
         self._refresher = threading.Thread(target=self._refresh, daemon=True,
                                            name="train_dir lock")
         self._refresher.start()
 
-    def _acquire(self, train_dir, take_over):
-        text = json.dumps(self.holder)
-        try:
-            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            other = self._read_holder()
+    def _acquire(self, take_over):
+        if os.path.lexists(self.path) and not os.path.isfile(self.path):
+            raise UserError(f"--train_dir {self.train_dir}: its lock {self.path} is not a file; "
+                            "remove it if no run is using the folder")
+        # A contender that lost a takeover race looks again: the winner's lock is then alive.
+        for _ in range(50):
+            if self._create(self.path):
+                return
+            text, other = self._read_holder()
             reason = "--take_over_train_dir" if take_over else self._stale_reason(other)
             if reason is None:
                 raise UserError(
-                    f"--train_dir {train_dir} is in use by another run: "
-                    f"{describe(other)}; its lock {self.path} was refreshed "
-                    f"{self._age():.0f} s ago. Wait for that run, choose another --train_dir, "
-                    "or, if it is gone, pass --take_over_train_dir") from None
-            self.notes.append(f"took over the lock of {describe(other)} ({reason})")
-            write_atomically(self.path, lambda partial: _write_text(partial, text))
-            return
+                    f"--train_dir {self.train_dir} is in use by another run: "
+                    f"{describe(other)}; its lock {self.path} {self._age_words()}. Wait for "
+                    "that run, choose another --train_dir, or, if it is gone, pass "
+                    "--take_over_train_dir") from None
+            if self._take_over(text):
+                self.notes.append(f"took over the lock of {describe(other)} ({reason})")
+                return
+            time.sleep(0.1)
+        raise UserError(f"--train_dir {self.train_dir}: could not take over its lock {self.path} "
+                        "(other runs keep taking it); try again")
+
+    def _write_own(self, partial):
+        try:
+            with open(partial, "w") as f:
+                f.write(json.dumps(self.holder))
+                f.flush()
+                os.fsync(f.fileno())
         except OSError as error:
-            raise UserError(f"--train_dir {train_dir} is not writable: {error.strerror}") from None
-        with os.fdopen(descriptor, "w") as f:
-            f.write(text)
+            raise UserError(f"--train_dir {self.train_dir}: cannot write its lock "
+                            f"({error.strerror}); nothing was started") from None
+
+    def _create(self, path):
+        """Create path holding our holder, whole, only if it does not exist: the text is
+        written first under a private name, then hard-linked into place (which fails when
+        path exists). Whether it was created."""
+        partial = f"{path}.{self.holder['host']}.{os.getpid()}.part"
+        try:
+            self._write_own(partial)
+            try:
+                os.link(partial, path)
+            except FileExistsError:
+                return False
+            except OSError as error:
+                raise UserError(f"--train_dir {self.train_dir} is not writable: "
+                                f"{error.strerror}") from None
+            return True
+        finally:
+            if os.path.lexists(partial):
+                os.remove(partial)
+
+    def _take_over(self, judged_text):
+        """Replace a stale lock holding judged_text with ours. Contenders first take the
+        `run.lock.takeover` file exclusively, then check that the lock is still the one they
+        judged stale: of several at once exactly one replaces it."""
+        mutex = self.path + ".takeover"
+        try:
+            if time.time() - os.stat(mutex).st_mtime > TAKEOVER_STALE_SECONDS:
+                os.remove(mutex)
+        except OSError:
+            pass
+        if not self._create(mutex):
+            return False
+        try:
+            if self._read_holder()[0] != judged_text:
+                return False
+            try:
+                write_atomically(self.path, self._write_own)
+            except OSError as error:
+                raise UserError(f"--train_dir {self.train_dir}: cannot take over its lock "
+                                f"{self.path} ({error.strerror}); remove it by hand if no run "
+                                "is using the folder") from None
+            return True
+        finally:
+            try:
+                os.remove(mutex)
+            except OSError:
+                pass
 
     def _read_holder(self):
+        """(the lock's text, its holder as a dict: {} when unreadable or not ours)."""
         try:
-            with open(self.path) as f:
-                return json.load(f)
-        except (OSError, ValueError):  # being written, or not ours: judged by its age alone
-            return {}
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except OSError:
+            return None, {}
+        try:
+            holder = json.loads(raw)
+        except ValueError:  # being written, or not ours: judged by its age alone
+            holder = None
+        return raw, holder if isinstance(holder, dict) else {}
 
     def _age(self):
         try:
@@ -115,10 +220,28 @@ class TrainDirLock:
         except FileNotFoundError:
             return float("inf")
 
+    def _age_words(self):
+        age = self._age()
+        if age < 0:
+            return (f"was refreshed {-age:.0f} s in the future (the clocks of the hosts "
+                    "sharing this folder differ)")
+        return f"was refreshed {age:.0f} s ago"
+
+    def _same_boot(self, other):
+        return (other.get("host") == self.holder["host"] and
+                other.get("boot_id", self.holder["boot_id"]) == self.holder["boot_id"])
+
     def _stale_reason(self, other):
-        if other.get("host") == self.holder["host"] and isinstance(other.get("pid"), int) \
-                and not process_exists(other["pid"]):
-            return f"process {other['pid']} of this host is gone"
+        pid = other.get("pid")
+        if isinstance(pid, int) and not isinstance(pid, bool) and self._same_boot(other):
+            # On its own host a holder is alive exactly while its process is: however long
+            # it was suspended, and whatever the file's age.
+            if not 0 < pid < MAX_PID or not process_exists(pid):
+                return f"process {pid} of this host is gone"
+            started = other.get("pid_started")
+            if started is not None and started != process_start_ticks(pid):
+                return f"process {pid} of this host is gone (its id belongs to another now)"
+            return None
         if other.get("slurm_job_id") and other.get("slurm_job_id") == self.holder["slurm_job_id"]:
             return f"Slurm requeued job {other['slurm_job_id']}"
         age = self._age()
@@ -136,8 +259,8 @@ class TrainDirLock:
     def release(self):
         """Remove the lock if it is still ours."""
         self._stop.set()
-        if self._read_holder().get("pid") == self.holder["pid"] and \
-                self._read_holder().get("host") == self.holder["host"]:
+        _, holder = self._read_holder()
+        if holder.get("pid") == self.holder["pid"] and holder.get("host") == self.holder["host"]:
             try:
                 os.remove(self.path)
             except OSError:
