@@ -480,8 +480,11 @@ class TrainingRun:
         hvd.allreduce(tf.constant(0.0), name="checkpoint_written")
         self.watchdog.idle()
         if hvd.rank() == 0:  # Horovod:
+            passed_on = (" (launchers pass Ctrl-C on to their ranks as SIGTERM)"
+                         if signal_number == signal.SIGTERM and hvd.size() > 1 else "")
             self.log.line(f"hvd_cifar: stopped by {signal.Signals(signal_number).name} at step "
-                          f"{step}; checkpoint written, run the same command again to resume")
+                          f"{step}; checkpoint written, run the same command again to resume"
+                          + passed_on)
             self.log.close()
         raise Stopped(signal_number)
 

@@ -32,7 +32,7 @@ def test_ctrl_c_checkpoints_the_current_step_and_the_rerun_continues_exactly(tin
     stopped = re.search(r"stopped by SIG\w+ at step (\d+); checkpoint written", output)
     assert stopped, output[-3000:]
     stop_step = int(stopped.group(1))
-    assert stop_step % 5 == 0 and stop_step >= 20
+    assert stop_step >= 20  # the step completed when the signal arrived
     assert (train_dir / f"ckpt-{stop_step}.index").exists()
     assert "Traceback" not in "".join(line for line in output.splitlines()
                                       if line.startswith("["))  # the ranks stopped cleanly
