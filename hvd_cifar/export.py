@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from hvd_cifar import checkpoint as checkpoint_lib, data
 from hvd_cifar.config import UserError, flag, parse_command, run_command
-from hvd_cifar.files import staged_folder, write_new_file
+from hvd_cifar.files import staged_folder, write_atomically
 from hvd_cifar.predict import classifier
 
 
@@ -62,7 +62,7 @@ def export_weights(checkpoint_dir, path):
         checkpoint_lib.latest(checkpoint_dir))
     try:
         # Keras picks the HDF5 format by the file name's ending.
-        write_new_file(path, network.save_weights, suffix=".part.h5")
+        write_atomically(path, network.save_weights, suffix=".part.h5", replace=False)
     except FileExistsError:
         raise UserError(f"--weights {path} was written by another export meanwhile; it is "
                         "kept, choose another file") from None

@@ -10,29 +10,20 @@ import shutil
 import tempfile
 
 
-def write_atomically(path, write, suffix=".part"):
+def write_atomically(path, write, suffix=".part", replace=True):
     """write(temporary_path) builds the file, which then replaces path in one rename. When write
     fails, the temporary file is removed and path is left as it was. suffix ends the temporary
-    name (some writers pick their format from it)."""
+    name (some writers pick their format from it). With replace=False path must not exist: the
+    finished file is hard-linked into place, which fails with FileExistsError when another
+    writer got there first (of two at once, exactly one succeeds), leaving its file untouched."""
     directory, name = os.path.split(os.path.abspath(path))
     partial = os.path.join(directory, f".{name}.{os.getpid()}{suffix}")
     try:
         write(partial)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-
-
-def write_new_file(path, write, suffix=".part"):
-    """Like write_atomically, but path must not exist: the finished file is hard-linked into
-    place, which fails with FileExistsError when another writer got there first (of two at
-    once, exactly one succeeds), leaving that writer's file untouched."""
-    directory, name = os.path.split(os.path.abspath(path))
-    partial = os.path.join(directory, f".{name}.{os.getpid()}{suffix}")
-    try:
-        write(partial)
-        os.link(partial, path)
+        if replace:
+            os.replace(partial, path)
+        else:
+            os.link(partial, path)
     finally:
         if os.path.exists(partial):
             os.remove(partial)

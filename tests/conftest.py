@@ -32,3 +32,6 @@ def namespace_hosts():
         yield {"PATH": f"{CLUSTER}:{os.environ['PATH']}"}
     finally:
         subprocess.run([os.path.join(CLUSTER, "netns.sh"), "down"], capture_output=True)
+
+
+

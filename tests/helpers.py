@@ -158,3 +158,22 @@ def scalars(train_dir, tag):
 def link_bytes(link):
     statistics = f"/sys/class/net/{link}/statistics"
     return sum(int(open(f"{statistics}/{kind}_bytes").read()) for kind in ("rx", "tx"))
+
+
+def wait_until_gone(train_dir, timeout=180):
+    """Wait until no trainer process of train_dir is left; whether none is."""
+    deadline = time.monotonic() + timeout
+    while trainer_pids(train_dir, "") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return not trainer_pids(train_dir, "")
+
+
+def fill(folder):
+    """Fill folder's file system to the last byte with one file."""
+    with open(folder / "filler", "wb", buffering=0) as filler:
+        for chunk in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    filler.write(b"\0" * chunk)
+            except OSError:
+                pass

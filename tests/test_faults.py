@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from helpers import (BIN, ENV, REPO_ROOT, assert_one_line_error, error_lines, launched,
-                     python_module, trainer_pids, wait_for_step)
+from helpers import (BIN, ENV, REPO_ROOT, assert_one_line_error, error_lines, fill, launched,
+                     python_module, trainer_pids, wait_for_step, wait_until_gone)
 
 TRAIN_FLAGS = ["--batch_size", "16", "--no_download", "--seed", "3", "--log_frequency", "5"]
 
@@ -21,14 +21,6 @@ def train_command(data_dir, train_dir, max_steps, ranks=2, controller="gloo", ex
             os.path.join(BIN, "python"), "-m", "hvd_cifar.train", "--data_dir", str(data_dir),
             "--train_dir", str(train_dir), "--max_steps", str(max_steps), *TRAIN_FLAGS,
             *map(str, extra)]
-
-
-def wait_until_gone(train_dir, timeout=180):
-    """Wait until no trainer process of train_dir is left; whether none is."""
-    deadline = time.monotonic() + timeout
-    while trainer_pids(train_dir, "") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return not trainer_pids(train_dir, "")
 
 
 @pytest.mark.distributed
@@ -200,17 +192,6 @@ def test_sigterm_to_make_train_stops_the_job(tiny_data, tmp_path):
     stopped = re.search(r"stopped by SIGTERM at step (\d+); checkpoint written", log)
     assert stopped, log[-2000:]
     assert (train_dir / f"ckpt-{stopped.group(1)}.index").exists()
-
-
-def fill(folder):
-    """Fill folder's file system to the last byte with one file."""
-    with open(folder / "filler", "wb", buffering=0) as filler:
-        for chunk in (1 << 20, 1 << 12, 1):
-            try:
-                while True:
-                    filler.write(b"\0" * chunk)
-            except OSError:
-                pass
 
 
 def test_a_disk_that_fills_between_checkpoints_ends_every_rank_at_a_log_write(

@@ -13,8 +13,8 @@ import zlib
 
 import pytest
 
-from helpers import (BIN, ENV, REPO_ROOT, assert_one_line_error, error_lines, launched,
-                     python_module, trainer_pids)
+from helpers import (BIN, ENV, REPO_ROOT, assert_one_line_error, error_lines, fill, launched,
+                     python_module, wait_until_gone)
 
 from hvd_cifar import train_dir as train_dir_lib
 from hvd_cifar.config import UserError
@@ -138,13 +138,6 @@ def wait_for_training(train_dir, job):
             return
         time.sleep(0.2)
     pytest.fail(f"training did not start: {job.poll()}")
-
-
-def wait_until_gone(train_dir, timeout=120):
-    deadline = time.monotonic() + timeout
-    while trainer_pids(train_dir, "") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return not trainer_pids(train_dir, "")
 
 
 @pytest.mark.distributed
@@ -318,26 +311,6 @@ def test_a_stale_lock_that_cannot_be_replaced_is_one_line(tiny_data, read_only_f
     result = python_module("hvd_cifar.train", "--data_dir", tiny_data, "--train_dir",
                            read_only_folder, "--max_steps", 1, *TRAIN_FLAGS)
     assert_one_line_error(result, f"--train_dir {read_only_folder}", status=1)
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                   check=True)
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def fill(folder):
-    with open(folder / "filler", "wb", buffering=0) as filler:
-        for chunk in (1 << 16, 1 << 10, 1):
-            try:
-                while True:
-                    filler.write(b"\0" * chunk)
-            except OSError:
-                pass
 
 
 def test_a_disk_full_at_start_is_one_line_and_leaves_nothing(tiny_data, small_disk):
