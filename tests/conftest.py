@@ -34,4 +34,14 @@ def namespace_hosts():
         subprocess.run([os.path.join(CLUSTER, "netns.sh"), "down"], capture_output=True)
 
 
-
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 20 MB tmpfs: room for one 12.8 MB checkpoint, not for two."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount_point)],
+                   check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -142,19 +142,6 @@ def test_a_lock_of_another_host_is_stale_only_when_it_stopped_being_refreshed(
     assert re.search(r"not refreshed for \d+ s", stale.stdout)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 20 MB tmpfs: room for one 12.8 MB checkpoint, not for two."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount_point)],
-                   check=True)
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_a_full_disk_ends_every_rank_in_one_line_and_keeps_the_last_checkpoint(
         tiny_data, small_disk, ranks):
