@@ -34,6 +34,11 @@ MIXED_PRECISION_CAPABILITY = (7, 0)
 STRAGGLER_FACTOR = 1.2
 # TensorFlow 2.15's CUDA 12.2 needs at least this driver (CUDA's minor-version compatibility).
 MINIMUM_DRIVER = (525, 60)
+# The oldest driver of each CUDA major release (minor-version compatibility): Horovod links the
+# CUDA runtime it was built with statically, so its build's release needs this driver too.
+OLDEST_DRIVER_BY_CUDA = {12: (525, 60), 13: (580, 0)}
+# What launch/install.sh records about the Horovod build it installed into this environment.
+HOROVOD_BUILD_RECORD = os.path.join(sys.prefix, "share", "hvd_cifar", "horovod_build.json")
 
 
 @dataclasses.dataclass
@@ -89,6 +94,54 @@ def driver_too_old(driver):
         return tuple(int(part) for part in driver.split(".")[:2]) < MINIMUM_DRIVER
     except ValueError:
         return False
+
+
+def horovod_build_cuda():
+    """The CUDA release Horovod's NCCL build was compiled with (install.sh records it), or
+    None (a CPU build, or an install that did not record it)."""
+    try:
+        with open(HOROVOD_BUILD_RECORD) as f:
+            return json.load(f).get("cuda")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def version_tuple(text):
+    try:
+        return tuple(int(part) for part in text.split(".")[:2])
+    except (ValueError, AttributeError):
+        return None
+
+
+def driver_supports(driver):
+    """The newest CUDA major release a driver version runs, in words."""
+    version = version_tuple(driver)
+    newest = [cuda for cuda, oldest in OLDEST_DRIVER_BY_CUDA.items() if version >= oldest]
+    return f"CUDA {max(newest)}" if newest else "CUDA 11 or older"
+
+
+def driver_verdict(host, rank, smi_gpus, horovod_cuda):
+    """(status, detail) of this rank's NVIDIA driver against TensorFlow's CUDA 12.2 and the
+    CUDA release of Horovod's build; None without a driver."""
+    if not smi_gpus:
+        return None
+    driver = smi_gpus[0]["driver"]
+    version = version_tuple(driver)
+    if version is None:
+        return "WARN", f"rank {rank} on {host}: driver version {driver!r} not understood"
+    needs = [(MINIMUM_DRIVER, "TensorFlow 2.15's CUDA 12.2")]
+    major = int(horovod_cuda.split(".")[0]) if horovod_cuda else None
+    if major in OLDEST_DRIVER_BY_CUDA:
+        needs.append((OLDEST_DRIVER_BY_CUDA[major],
+                      f"Horovod's build (CUDA {horovod_cuda}, its runtime linked in)"))
+    missing = [(oldest, who) for oldest, who in needs if version < oldest]
+    if missing:
+        oldest, who = max(missing)
+        wanted = f"{oldest[0]}.{oldest[1]:02d}" if oldest[1] else str(oldest[0])
+        return "FAIL", (f"rank {rank} on {host}: driver {driver} supports {driver_supports(driver)}"
+                        f"; {who} needs {wanted} or newer")
+    return "PASS", (f"rank {rank} on {host}: driver {driver} ({driver_supports(driver)}) runs "
+                    + " and ".join(who for _, who in needs))
 
 
 def gpu_verdict(host, rank, local_rank, local_size, smi_gpus, tf_gpus, visible_devices,
@@ -292,6 +345,7 @@ def run_checks(config):
 
     facts = {"rank": rank, "host": host, "device": device, "images_per_sec":
              round(images_per_sec, 1), "gpu": gpu_status, "capability": capability,
+             "driver": driver_verdict(host, rank, smi, horovod_build_cuda()),
              "xla": xla, "correct": correct, "data": data_verdict(config.data_dir),
              "mpi": mpi, "tf_gpus": len(tf_gpus)}
     every_rank = hvd.allgather_object(facts)  # Horovod: rank 0 reports for all
@@ -307,6 +361,7 @@ def run_checks(config):
         "horovod_controllers": [name for name, built in (("MPI", hvd.mpi_built()),
                                                          ("Gloo", hvd.gloo_built())) if built],
         "horovod_nccl": bool(hvd.nccl_built()),
+        "horovod_cuda": horovod_build_cuda(),
         "open_mpi": open_mpi_version(),
     }
     allreduce = {"bytes": nbytes, "correct": all(f["correct"] for f in every_rank),
@@ -332,6 +387,12 @@ def report(config, every_rank, allreduce, versions):
     else:
         add("gpus", "PASS", f"no GPU on {len({f['host'] for f in every_rank})} host(s): a CPU "
             "job (--require_gpu makes this a failure)")
+    driver_rows = [f["driver"] for f in every_rank if f["driver"]]
+    if driver_rows:
+        statuses = {status for status, _ in driver_rows}
+        worst = "FAIL" if "FAIL" in statuses else "WARN" if "WARN" in statuses else "PASS"
+        add("driver", worst, "; ".join(detail for status, detail in driver_rows
+                                       if status == worst))
     add("compute_capability", *capability_verdict(
         [tuple(f["capability"]) for f in every_rank if f["capability"]]))
     xla_failing = [detail for status, detail in (f["xla"] for f in every_rank)
@@ -378,7 +439,9 @@ def table(result):
                  f"{versions['tensorflow']} (CUDA {versions['tensorflow_cuda'] or '-'}, cuDNN "
                  f"{versions['tensorflow_cudnn'] or '-'}), Horovod {versions['horovod']} "
                  f"({'/'.join(versions['horovod_controllers'])}"
-                 f"{', NCCL' if versions['horovod_nccl'] else ', no NCCL'}), "
+                 f"{', NCCL' if versions['horovod_nccl'] else ', no NCCL'}"
+                 f"{', CUDA ' + versions['horovod_cuda'] if versions.get('horovod_cuda') else ''}"
+                 "), "
                  f"{versions['open_mpi'] or 'no Open MPI'}")
     lines.append(f"verdict: {result['verdict']} ({result['ranks']} ranks on "
                  f"{len(result['hosts'])} host(s))")

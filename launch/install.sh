@@ -7,7 +7,10 @@
 #                                only build/install Horovod into the active Python
 #                                (conda users: after `conda env create -f environment.yml`)
 #   launch/install.sh --plan     print what it would install here (Python, TensorFlow package,
-#                                Horovod build, wheel cache key) and change nothing
+#                                Horovod build, nvcc, driver, compute capabilities, wheel cache
+#                                key) and change nothing
+#   launch/install.sh --toolchain-fixes
+#                                print the environment every Horovod build gets (gcc 13+, CMake 4)
 #
 # Python: $PYTHON when set, else the newest of python3.11, python3.10, python3.9 on the PATH
 # (TensorFlow 2.15.1 supports 3.9-3.11). GPU or CPU build: HVD_CIFAR_GPU=1 forces the GPU build
@@ -76,31 +79,105 @@ find_python() {
 
 build_tag() { if have_gpu; then echo nccl; else echo cpu; fi; }
 
-cache_key() {  # the wheel cache folder of a Horovod build for this Python and build
-  local pytag
+cache_key() {  # the wheel cache folder of a Horovod build for this Python, build and CUDA
+  local pytag cuda=""
   pytag=$("$1" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')
-  echo "$wheel_cache_root/$pytag-tf$TENSORFLOW_VERSION-horovod$HOROVOD_VERSION-$2"
+  # Horovod links the CUDA runtime statically: a CUDA 13 wheel must never reach a CUDA 12 host.
+  [ "$2" = nccl ] && cuda="-cuda$(nvcc_release "$(cuda_compiler)")"
+  echo "$wheel_cache_root/$pytag-tf$TENSORFLOW_VERSION-horovod$HOROVOD_VERSION-$2$cuda"
 }
 
+nvcc_release() { "$1" --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\),.*/\1/p'; }
+
+cuda_home() {  # the toolkit an nvcc belongs to (nvcc may be a wrapper script elsewhere)
+  local top
+  top=$("$1" --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -1)
+  if [ -n "$top" ] && [ -d "$top" ]; then (cd "$top" && pwd -P); else dirname "$(dirname "$1")"; fi
+}
+
+driver_cuda() {  # the newest CUDA this host's driver supports (nvidia-smi's header), or nothing
+  command -v nvidia-smi >/dev/null 2>&1 || return 0
+  nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9.]*\).*/\1/p' | head -1
+}
+
+driver_version() {
+  nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1
+}
+
+# The oldest driver that runs a program with CUDA <major>'s runtime linked in, as Horovod links
+# it (statically): NVIDIA's minor-version compatibility table.
+oldest_driver() { case $1 in 12) echo 525.60 ;; 13) echo 580 ;; *) echo "of CUDA $1" ;; esac; }
+
 cuda_compiler() {
-  # Horovod's NCCL build compiles CUDA kernels, so it needs nvcc, and of CUDA 12 to match the
-  # CUDA 12.2 that TensorFlow 2.15.1 is built with. PyPI's nvidia-cuda-nvcc-cu12 wheels carry
-  # ptxas only, so the compiler must come from a CUDA 12 toolkit.
-  local nvcc release candidates=() found=()
+  # Horovod's NCCL build compiles CUDA kernels with nvcc from CUDA 12 or 13. Horovod links the
+  # CUDA runtime statically, so the host's driver must support the toolkit's major release
+  # (TensorFlow's own CUDA 12.2 libraries run on both). PyPI's nvidia-cuda-nvcc-cu12 wheels
+  # carry ptxas only, so the compiler comes from a toolkit.
+  local nvcc release driver candidates=() found=() too_new=()
+  driver=$(driver_cuda)
   if [ -n "${HOROVOD_CUDA_HOME:-}" ]; then
     candidates=("$HOROVOD_CUDA_HOME/bin/nvcc")
   else
-    candidates=("$(command -v nvcc || true)" /usr/local/cuda-12.2/bin/nvcc /usr/local/cuda/bin/nvcc)
+    candidates=("$(command -v nvcc || true)" /usr/local/cuda/bin/nvcc
+                $(ls -d /usr/local/cuda-13*/bin/nvcc /usr/local/cuda-12*/bin/nvcc 2>/dev/null | sort -rV))
   fi
   for nvcc in "${candidates[@]}"; do
     [ -n "$nvcc" ] && [ -x "$nvcc" ] || continue
-    release=$("$nvcc" --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
+    release=$(nvcc_release "$nvcc")
     case $release in
-      12.*) echo "$nvcc"; return ;;
+      12.*|13.*)
+        if [ -n "$driver" ] && [ "${release%%.*}" -gt "${driver%%.*}" ]; then
+          too_new+=("$nvcc is CUDA $release")
+        else
+          echo "$nvcc"; return
+        fi ;;
       *) found+=("$nvcc is CUDA ${release:-of unknown release}") ;;
     esac
   done
-  die "the NCCL build of Horovod needs nvcc from CUDA 12 (TensorFlow $TENSORFLOW_VERSION is built with CUDA 12.2); found: ${found[*]:-no nvcc}. Install CUDA 12.2's toolkit and set HOROVOD_CUDA_HOME to it, or use the conda environment (cuda-nvcc=12.2); PyPI's nvidia-cuda-nvcc-cu12 wheels carry ptxas only"
+  if [ ${#too_new[@]} -gt 0 ]; then
+    release=${too_new[0]##*CUDA }
+    die "${too_new[0]}, newer than this host's driver $(driver_version) supports (CUDA $driver); a CUDA $release build needs driver $(oldest_driver "${release%%.*}") or newer. Install a CUDA ${driver%%.*} toolkit and set HOROVOD_CUDA_HOME to it, or update the driver"
+  fi
+  die "the NCCL build of Horovod needs nvcc from CUDA 12 or 13; found: ${found[*]:-no nvcc}. Install a CUDA toolkit the driver supports and set HOROVOD_CUDA_HOME to it, or use the conda environment (cuda-nvcc=12.2); PyPI's nvidia-cuda-nvcc-cu12 wheels carry ptxas only"
+}
+
+driver_words() {  # what the build needs from a driver, and whether this host's has it
+  local release=$1 driver
+  driver=$(driver_cuda)
+  if [ -n "$driver" ]; then
+    echo "$(driver_version) (CUDA $driver)"
+  else
+    echo "none on this host; this build needs driver $(oldest_driver "${release%%.*}") or newer (CUDA ${release%%.*})"
+  fi
+}
+
+# Compute capabilities built when the host shows no GPU: every data-centre and desktop GPU
+# generation each toolkit still supports (CUDA 13 dropped everything before Turing, 7.5).
+DEFAULT_CC_LIST_CUDA12=70,75,80,86,89,90
+DEFAULT_CC_LIST_CUDA13=75,80,86,89,90,100,120
+
+cuda_cc_list() {  # "<list> (<where it came from>)"; Horovod adds PTX of the highest
+  local release=$1 host_ccs
+  if [ -n "${HOROVOD_BUILD_CUDA_CC_LIST:-}" ]; then
+    echo "$HOROVOD_BUILD_CUDA_CC_LIST (HOROVOD_BUILD_CUDA_CC_LIST)"; return
+  fi
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    host_ccs=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d ' .' | grep -E '^[0-9]+$' | sort -un | paste -sd, -)
+    if [ -n "$host_ccs" ]; then echo "$host_ccs (this host's GPUs)"; return; fi
+  fi
+  case $release in
+    12.*) echo "$DEFAULT_CC_LIST_CUDA12 (no GPU here: the list for CUDA 12)" ;;
+    *) echo "$DEFAULT_CC_LIST_CUDA13 (no GPU here: the list for CUDA 13)" ;;
+  esac
+}
+
+toolchain_fixes() {
+  # CMake 4 refuses gloo's cmake_minimum_required(VERSION 2.8.12); this lets it configure as
+  # 3.5 (CMake 3 ignores the variable).
+  echo "export CMAKE_POLICY_VERSION_MINIMUM=3.5"
+  # gcc 13 no longer includes these standard headers through others, and Horovod 0.28.1 relies
+  # on that (std::string in group_table.h, std::logic_error in common.h).
+  echo "export CXXFLAGS=\"${CXXFLAGS:+$CXXFLAGS }-include cstdint -include string -include stdexcept -include limits\""
 }
 
 tensorflow_package() {
@@ -133,10 +210,14 @@ install_horovod() {
     (
       export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1
       export HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
+      eval "$(toolchain_fixes)"
       if [ "$gpu_tag" = nccl ]; then
         export HOROVOD_GPU_OPERATIONS=NCCL
-        HOROVOD_CUDA_HOME=$(dirname "$(dirname "$(cuda_compiler)")")
-        export HOROVOD_CUDA_HOME
+        local nvcc; nvcc=$(cuda_compiler)
+        HOROVOD_CUDA_HOME=$(cuda_home "$nvcc")
+        HOROVOD_BUILD_CUDA_CC_LIST=$(cuda_cc_list "$(nvcc_release "$nvcc")" | cut -d' ' -f1)
+        export HOROVOD_CUDA_HOME HOROVOD_BUILD_CUDA_CC_LIST
+        say "NCCL build with $nvcc (CUDA $(nvcc_release "$nvcc")) for compute capabilities $HOROVOD_BUILD_CUDA_CC_LIST; driver: $(driver_words "$(nvcc_release "$nvcc")")"
         # tensorflow[and-cuda] brings NCCL as the nvidia-nccl-cu12 wheel; build against it.
         if [ -z "${HOROVOD_NCCL_HOME:-}" ]; then
           HOROVOD_NCCL_HOME=$("$python" -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])' 2>/dev/null || true)
@@ -152,6 +233,12 @@ install_horovod() {
     say "using the cached Horovod wheel in $cache"
   fi
   "$python" -m pip install -q --no-deps --force-reinstall "$cache"/horovod-"$HOROVOD_VERSION"-*.whl
+  # What hvd_cifar.check compares with each host's driver: the CUDA runtime Horovod links in.
+  local record cuda=null
+  record=$("$python" -c 'import sys; print(sys.prefix)')/share/hvd_cifar/horovod_build.json
+  [ "$gpu_tag" = nccl ] && cuda="\"$(nvcc_release "$(cuda_compiler)")\""
+  mkdir -p "$(dirname "$record")"
+  echo "{\"build\": \"$gpu_tag\", \"cuda\": $cuda}" > "$record"
   # Horovod's own runtime requirements (installed separately because of --no-deps above).
   "$python" -m pip install -q cloudpickle psutil pyyaml packaging cffi
 }
@@ -174,7 +261,18 @@ if [ "${1:-}" = "--plan" ]; then
   echo "python: $python ($(python_version "$python"))"
   echo "tensorflow: $(tensorflow_package "$tag")"
   echo "horovod: $HOROVOD_VERSION, $([ "$tag" = nccl ] && echo "NCCL, MPI and Gloo" || echo "MPI and Gloo (CPU)")"
+  if [ "$tag" = nccl ]; then
+    nvcc=$(cuda_compiler)
+    echo "nvcc: $nvcc (CUDA $(nvcc_release "$nvcc"), toolkit $(cuda_home "$nvcc"))"
+    echo "driver: $(driver_words "$(nvcc_release "$nvcc")")"
+    echo "cuda_cc_list: $(cuda_cc_list "$(nvcc_release "$nvcc")")"
+  fi
   echo "cache: $(cache_key "$python" "$tag")"
+  exit 0
+fi
+
+if [ "${1:-}" = "--toolchain-fixes" ]; then
+  toolchain_fixes
   exit 0
 fi
 
