@@ -118,8 +118,9 @@ cuda_compiler() {
   if [ -n "${HOROVOD_CUDA_HOME:-}" ]; then
     candidates=("$HOROVOD_CUDA_HOME/bin/nvcc")
   else
-    candidates=("$(command -v nvcc || true)" /usr/local/cuda/bin/nvcc
-                $(ls -d /usr/local/cuda-13*/bin/nvcc /usr/local/cuda-12*/bin/nvcc 2>/dev/null | sort -rV))
+    # Unmatched patterns stay as they are and fail the -x test below.
+    candidates=("$(command -v nvcc || true)" /usr/local/cuda/bin/nvcc /usr/local/cuda-13*/bin/nvcc
+                /usr/local/cuda-12*/bin/nvcc)
   fi
   for nvcc in "${candidates[@]}"; do
     [ -n "$nvcc" ] && [ -x "$nvcc" ] || continue
