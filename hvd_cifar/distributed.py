@@ -206,24 +206,73 @@ def horovodrun_pid():
     return None
 
 
+def make_pid():
+    """The pid of the `make` that this rank runs under (make train), or None."""
+    pid = parent_pid(os.getpid())
+    while pid > 1:
+        if os.path.basename((process_arguments(pid) or [""])[0]) in ("make", "gmake"):
+            return pid
+        pid = parent_pid(pid)
+    return None
+
+
+def caught_signals(pid):
+    """The signals process pid has a handler for (its SigCgt mask in /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# The signals on which GNU make waits for its children to end and then exits itself.
+MAKE_FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class LauncherWatch:
     """Turns the end of this rank's horovodrun into a stop request (SIGTERM), so signalling the
-    launcher stops the whole job through the usual path: checkpoint, then exit 128 + 15."""
+    launcher stops the whole job through the usual path: checkpoint, then exit 128 + 15.
+
+    Under `make train` it also watches make: on SIGINT sent to make alone (not to its process
+    group, as a terminal's Ctrl-C is), make passes nothing on and waits for its children,
+    which would train on to --max_steps. Its handler for that signal first resets the signal
+    to its default, so the signal leaves make's caught set: that is the stop request."""
 
     POLL_SECONDS = 1.0
 
     def __init__(self, stop_request):
-        self.pid = horovodrun_pid()
-        if self.pid is None:
-            return
-        self.start_time = process_start_time(self.pid)
         self.stop_request = stop_request
-        threading.Thread(target=self._watch, daemon=True, name="launcher watch").start()
+        self.pid = horovodrun_pid()
+        self.start_time = process_start_time(self.pid) if self.pid else None
+        self.make = make_pid()
+        self.make_caught = caught_signals(self.make) if self.make else None
+        if self.pid is not None or self.make_caught is not None:
+            threading.Thread(target=self._watch, daemon=True, name="launcher watch").start()
+
+    def _make_signal(self):
+        caught = caught_signals(self.make)
+        if caught is None:  # make is gone
+            return signal.SIGTERM
+        for number in MAKE_FATAL_SIGNALS:
+            bit = 1 << (number - 1)
+            if self.make_caught & bit and not caught & bit:
+                return number
+        return None
 
     def _watch(self):
-        while process_start_time(self.pid) == self.start_time:
+        while True:
+            if self.pid is not None and process_start_time(self.pid) != self.start_time:
+                self.stop_request.request(signal.SIGTERM, None)
+                return
+            if self.make_caught is not None:
+                received = self._make_signal()
+                if received:
+                    self.stop_request.request(received, None)
+                    return
             time.sleep(self.POLL_SECONDS)
-        self.stop_request.request(signal.SIGTERM, None)
 
 
 class Watchdog:
