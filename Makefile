@@ -46,7 +46,7 @@ data: install
 	fi
 
 train: data
-	$(HOROVODRUN) -np $(NP) --mpi $(VENV_PYTHON) -m hvd_cifar.train --data_dir $(DATA_DIR) \
+	VENV_BIN=$(abspath $(VENV))/bin launch/local.sh -np $(NP) --data_dir $(DATA_DIR) \
 	  --train_dir $(TRAIN_DIR) --max_steps $(STEPS) --log_frequency 20 $(TRAIN_FLAGS)
 	$(VENV_PYTHON) -m hvd_cifar.evaluate --data_dir $(DATA_DIR) --checkpoint_dir $(TRAIN_DIR) --run_once
 	@echo "make: the run is in $(TRAIN_DIR) (checkpoints, train.log, eval.json). Next:"

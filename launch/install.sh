@@ -225,7 +225,10 @@ install_horovod() {
           [ -n "$HOROVOD_NCCL_HOME" ] && export HOROVOD_NCCL_HOME
         fi
       fi
-      "$python" -m pip wheel -q --no-build-isolation --no-deps "horovod==$HOROVOD_VERSION" -w "$build_dir"
+      # --no-cache-dir: pip would otherwise hand back a Horovod wheel it built earlier with
+      # other build options (a CPU build for a GPU one), without compiling anything.
+      "$python" -m pip wheel -q --no-cache-dir --no-build-isolation --no-deps \
+        "horovod==$HOROVOD_VERSION" -w "$build_dir"
     ) || { rm -rf "$build_dir"; die "building Horovod failed (see the compiler output above)"; }
     mkdir -p "$cache"
     mv "$build_dir"/horovod-*.whl "$cache"/

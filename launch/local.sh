@@ -29,5 +29,26 @@ if (( gpus > 0 && ranks > gpus )); then
   exit 2
 fi
 echo "launch/local.sh: $ranks ranks on $(hostname) ($([ "$gpus" -gt 0 ] && echo "$gpus GPUs" || echo CPU)), $controller controller"
-exec "$bin/horovodrun" -np "$ranks" -H "localhost:$ranks" "--$controller" \
-  "$bin/python" -m hvd_cifar.train "$@"
+
+# The job runs in a session of its own, so a terminal's Ctrl-C reaches this script alone. The
+# first Ctrl-C (or SIGTERM/SIGHUP, as make and supervisors send) is passed on once as SIGTERM,
+# and rank 0 writes a checkpoint; later ones are not passed on, because mpirun ends its ranks at
+# once on a second signal within 5 s, however far their checkpoint has got.
+setsid "$bin/horovodrun" -np "$ranks" -H "localhost:$ranks" "--$controller" \
+  "$bin/python" -m hvd_cifar.train "$@" &
+job=$!
+stopping=0
+stop() {
+  if [ "$stopping" = 0 ]; then
+    stopping=1
+    echo "launch/local.sh: stopping: every rank ends after rank 0's checkpoint (kill -9 -$job ends the job at once)" >&2
+    kill -TERM -- "-$job" 2>/dev/null || true
+  fi
+}
+trap stop INT TERM HUP
+while true; do
+  status=0
+  wait "$job" || status=$?
+  kill -0 "$job" 2>/dev/null || break
+done
+exit "$status"

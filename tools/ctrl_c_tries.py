@@ -29,6 +29,9 @@ def command(launcher, data_dir, train_dir):
     if launcher == "make":
         return ["make", "--no-print-directory", "train", f"DATA_DIR={data_dir}",
                 f"TRAIN_DIR={train_dir}", "STEPS=100000", f"TRAIN_FLAGS={' '.join(flags)}"]
+    if launcher == "local.sh":
+        return [os.path.join(REPO_ROOT, "launch", "local.sh"), "-np", "2", "--data_dir", data_dir,
+                "--train_dir", train_dir, "--max_steps", "100000", *flags]
     return [os.path.join(BIN, "horovodrun"), "-np", "2", f"--{launcher}",
             os.path.join(BIN, "python"), "-m", "hvd_cifar.train", "--data_dir", data_dir,
             "--train_dir", train_dir, "--max_steps", "100000", *flags]
@@ -59,7 +62,7 @@ def one_try(launcher, signals, data_dir, train_dir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--launcher", choices=["mpi", "gloo", "make"], default="mpi")
+    parser.add_argument("--launcher", choices=["mpi", "gloo", "make", "local.sh"], default="mpi")
     parser.add_argument("--tries", type=int, default=5)
     parser.add_argument("--signals", type=int, default=1)
     args = parser.parse_args()
