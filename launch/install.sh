@@ -220,9 +220,19 @@ install_horovod() {
         export HOROVOD_CUDA_HOME HOROVOD_BUILD_CUDA_CC_LIST
         say "NCCL build with $nvcc (CUDA $(nvcc_release "$nvcc")) for compute capabilities $HOROVOD_BUILD_CUDA_CC_LIST; driver: $(driver_words "$(nvcc_release "$nvcc")")"
         # tensorflow[and-cuda] brings NCCL as the nvidia-nccl-cu12 wheel; build against it.
+        # The wheel ships only libnccl.so.2, and Horovod's CMake looks for libnccl.so: a
+        # folder of links gives it both names.
         if [ -z "${HOROVOD_NCCL_HOME:-}" ]; then
-          HOROVOD_NCCL_HOME=$("$python" -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])' 2>/dev/null || true)
-          [ -n "$HOROVOD_NCCL_HOME" ] && export HOROVOD_NCCL_HOME
+          local wheel_nccl
+          wheel_nccl=$("$python" -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])' 2>/dev/null || true)
+          if [ -n "$wheel_nccl" ]; then
+            HOROVOD_NCCL_HOME=$build_dir/nccl
+            mkdir -p "$HOROVOD_NCCL_HOME/lib"
+            ln -s "$wheel_nccl/include" "$HOROVOD_NCCL_HOME/include"
+            ln -s "$wheel_nccl/lib/libnccl.so.2" "$HOROVOD_NCCL_HOME/lib/libnccl.so.2"
+            ln -s libnccl.so.2 "$HOROVOD_NCCL_HOME/lib/libnccl.so"
+            export HOROVOD_NCCL_HOME HOROVOD_NCCL_LINK=SHARED
+          fi
         fi
       fi
       # --no-cache-dir: pip would otherwise hand back a Horovod wheel it built earlier with

@@ -141,10 +141,10 @@ def wait_for_training(train_dir, job):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("launcher,signals", [("mpi", 1), ("gloo", 1), ("make", 1),
+@pytest.mark.parametrize("launcher,signals", [("mpi", 1), ("gloo", 1), ("make", 2),
                                               ("local.sh", 2)])
 def test_ctrl_c_saves_a_checkpoint_five_times_in_five(tiny_data, tmp_path, launcher, signals):
-    """Five tries in a row; local.sh gets Ctrl-C twice, 0.2 s apart."""
+    """Five tries in a row; make and local.sh get Ctrl-C twice, 0.2 s apart."""
     for attempt in range(5):
         train_dir = tmp_path / f"run{attempt}"
         with launched(ctrl_c_command(launcher, tiny_data, train_dir)) as job:
