@@ -61,8 +61,10 @@ test: install
 
 # The tutorial's learning curve on real images (see docs/results/): DATA is a class-folder tree
 # or its tar.gz, e.g. make reproduce DATA=../shared/data/cifar10-jpeg.tar.gz RANKS=2 STEPS=10000
+# STEPS given on the command line counts here too; its default (200) is make train's.
+REPRO_STEPS = $(if $(filter command line,$(origin STEPS)),$(STEPS),10000)
 reproduce: install
-	RANKS=$(or $(RANKS),2) STEPS=$(or $(REPRO_STEPS),10000) bash launch/reproduce.sh $(DATA)
+	RANKS=$(or $(RANKS),2) STEPS=$(REPRO_STEPS) bash launch/reproduce.sh $(DATA)
 
 # Throughput against plain Keras, Gloo vs MPI and MultiWorkerMirroredStrategy on this machine:
 # bench/results.json, bench/results.md and bench/throughput.png (run it on an idle machine).
