@@ -198,7 +198,7 @@ install_openmpi() {
 }
 
 install_horovod() {
-  local python=$1 gpu_tag
+  local python=$1 gpu_tag wheel_dir
   gpu_tag=$(build_tag)
   local cache
   cache=$(cache_key "$python" "$gpu_tag")
@@ -240,13 +240,12 @@ install_horovod() {
       "$python" -m pip wheel -q --no-cache-dir --no-build-isolation --no-deps \
         "horovod==$HOROVOD_VERSION" -w "$build_dir"
     ) || { rm -rf "$build_dir"; die "building Horovod failed (see the compiler output above)"; }
-    mkdir -p "$cache"
-    mv "$build_dir"/horovod-*.whl "$cache"/
-    rm -rf "$build_dir"
+    wheel_dir=$build_dir
   else
     say "using the cached Horovod wheel in $cache"
+    wheel_dir=$cache
   fi
-  "$python" -m pip install -q --no-deps --force-reinstall "$cache"/horovod-"$HOROVOD_VERSION"-*.whl
+  "$python" -m pip install -q --no-deps --force-reinstall "$wheel_dir"/horovod-"$HOROVOD_VERSION"-*.whl
   # What hvd_cifar.check compares with each host's driver: the CUDA runtime Horovod links in.
   local record cuda=null
   record=$("$python" -c 'import sys; print(sys.prefix)')/share/hvd_cifar/horovod_build.json
@@ -255,9 +254,16 @@ install_horovod() {
   echo "{\"build\": \"$gpu_tag\", \"cuda\": $cuda}" > "$record"
   # Horovod's own runtime requirements (installed separately because of --no-deps above).
   "$python" -m pip install -q cloudpickle psutil pyyaml packaging cffi
+  check_build "$(dirname "$python")" "$wheel_dir"
+  if [ "$wheel_dir" != "$cache" ]; then
+    # Only a build that passed the check is cached.
+    mkdir -p "$cache"
+    mv "$wheel_dir"/horovod-*.whl "$cache"/
+    rm -rf "$wheel_dir"
+  fi
 }
 
-check_build() {
+check_build() {  # the environment's bin folder; the folder its Horovod wheel came from
   local bin=$1 report
   report=$("$bin/horovodrun" --check-build) || die "horovodrun --check-build failed"
   echo "$report"
@@ -265,7 +271,7 @@ check_build() {
   local parts=(TensorFlow Gloo MPI)
   [ "$(build_tag)" = nccl ] && parts+=(NCCL)
   for part in "${parts[@]}"; do
-    grep -qE "\[X\] $part" <<<"$report" || die "Horovod was built without $part (horovodrun --check-build shows [ ] $part)"
+    grep -qE "\[X\] $part" <<<"$report" || die "Horovod was built without $part (horovodrun --check-build shows [ ] $part); the wheel is in $2"
   done
 }
 
@@ -292,7 +298,6 @@ fi
 
 if [ "${1:-}" = "--horovod-only" ]; then
   install_horovod "$(command -v python)"
-  check_build "$(dirname "$(command -v python)")"
   exit 0
 fi
 
@@ -310,5 +315,4 @@ tf_extra=cpu
 say "installing hvd_cifar with the $tf_extra build of TensorFlow $TENSORFLOW_VERSION"
 "$venv/bin/python" -m pip install -q -e "$repo_root[$tf_extra,test]"
 install_horovod "$venv/bin/python"
-check_build "$venv/bin"
 say "done: $venv"
