@@ -136,10 +136,11 @@ def driver_verdict(host, rank, smi_gpus, horovod_cuda):
                       f"Horovod's build (CUDA {horovod_cuda}, its runtime linked in)"))
     missing = [(oldest, who) for oldest, who in needs if version < oldest]
     if missing:
-        oldest, who = max(missing)
-        wanted = f"{oldest[0]}.{oldest[1]:02d}" if oldest[1] else str(oldest[0])
+        def words(oldest):
+            return f"{oldest[0]}.{oldest[1]:02d}" if oldest[1] else str(oldest[0])
         return "FAIL", (f"rank {rank} on {host}: driver {driver} supports {driver_supports(driver)}"
-                        f"; {who} needs {wanted} or newer")
+                        + "".join(f"; {who} needs {words(oldest)} or newer"
+                                  for oldest, who in missing))
     return "PASS", (f"rank {rank} on {host}: driver {driver} ({driver_supports(driver)}) runs "
                     + " and ".join(who for _, who in needs))
 

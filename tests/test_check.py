@@ -93,6 +93,31 @@ def test_the_gpu_verdicts_name_the_host_and_the_classic_causes():
     assert check.gpu_verdict("n3", 0, 0, 1, None, [], None, True)[0] == "FAIL"
 
 
+def test_a_driver_too_old_for_the_builds_cuda_runtime_or_tensorflows_fails_naming_both():
+    def smi(driver):
+        return check.parse_nvidia_smi(f"0, NVIDIA H200, {driver}, 9.0\n")
+    assert check.driver_verdict("n1", 0, smi("535.104.05"), "13.0") == (
+        "FAIL", "rank 0 on n1: driver 535.104.05 supports CUDA 12; Horovod's build (CUDA 13.0, "
+        "its runtime linked in) needs 580 or newer")
+    assert check.driver_verdict("n1", 1, smi("520.61.05"), "12.4") == (
+        "FAIL", "rank 1 on n1: driver 520.61.05 supports CUDA 11 or older; TensorFlow 2.15's "
+        "CUDA 12.2 needs 525.60 or newer; Horovod's build (CUDA 12.4, its runtime linked in) "
+        "needs 525.60 or newer")
+    assert check.driver_verdict("n2", 0, smi("580.159.03"), "13.0") == (
+        "PASS", "rank 0 on n2: driver 580.159.03 (CUDA 13) runs TensorFlow 2.15's CUDA 12.2 and "
+        "Horovod's build (CUDA 13.0, its runtime linked in)")
+    assert check.driver_verdict("n2", 0, smi("535.104.05"), None)[0] == "PASS"
+    assert check.driver_verdict("n3", 0, None, "13.0") is None  # no driver to judge
+
+
+def test_the_horovod_build_record_is_read_from_the_environment(tmp_path, monkeypatch):
+    record = tmp_path / "horovod_build.json"
+    monkeypatch.setattr(check, "HOROVOD_BUILD_RECORD", str(record))
+    assert check.horovod_build_cuda() is None
+    record.write_text('{"build": "nccl", "cuda": "13.0"}')
+    assert check.horovod_build_cuda() == "13.0"
+
+
 def test_capabilities_and_stragglers():
     assert check.capability_verdict([(9, 0), (9, 0)])[0] == "PASS"
     assert check.capability_verdict([(6, 1)]) == (
