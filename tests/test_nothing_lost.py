@@ -1,7 +1,6 @@
 """Nothing lost: checkpoints found from their files, Ctrl-C under every launcher, a lock that a
 living holder keeps, a disk full at start, and one clear line for hostile inputs."""
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -224,16 +223,23 @@ def test_a_pid_reused_by_another_process_is_stale(tmp_path):
         lock.release()
 
 
-def contend(train_dir, start, results):
-    while time.time() < start:
-        pass
-    try:
-        lock = train_dir_lib.TrainDirLock(train_dir)
-        results.put("won")
-        time.sleep(1.0)  # hold it while the others look
-        lock.release()
-    except UserError as error:
-        results.put(str(error))
+# A contender for a train_dir's lock, in a process of its own (a fork of this test process,
+# which has TensorFlow's threads, would be fragile): it waits for the common start time, tries,
+# holds what it got for a second, and prints "won" or the refusal.
+CONTENDER = """
+import sys, time
+from hvd_cifar import train_dir
+from hvd_cifar.config import UserError
+while time.time() < float(sys.argv[2]):
+    pass
+try:
+    lock = train_dir.TrainDirLock(sys.argv[1])
+    print("won", flush=True)
+    time.sleep(1.0)
+    lock.release()
+except UserError as error:
+    print(error, flush=True)
+"""
 
 
 @pytest.mark.parametrize("trial", range(10))
@@ -241,15 +247,12 @@ def test_of_several_contenders_for_a_stale_lock_exactly_one_wins(tmp_path, trial
     gone = subprocess.Popen(["true"])
     gone.wait()
     write_lock(tmp_path / "run", this_host_holder(gone.pid) | {"pid_started": 1})
-    results = multiprocessing.get_context("fork").Queue()
-    start = time.time() + 0.5
-    contenders = [multiprocessing.get_context("fork").Process(
-        target=contend, args=(str(tmp_path / "run"), start, results)) for _ in range(4)]
-    for process in contenders:
-        process.start()
-    for process in contenders:
-        process.join(30)
-    outcomes = [results.get(timeout=5) for _ in contenders]
+    start = time.time() + 3.0  # every contender has started by then
+    contenders = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(tmp_path / "run"),
+                                    str(start)], env=ENV, cwd=REPO_ROOT, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                  for _ in range(4)]
+    outcomes = [contender.communicate(timeout=60)[0].strip() for contender in contenders]
     assert outcomes.count("won") == 1, outcomes
     assert all("in use by another run" in o for o in outcomes if o != "won"), outcomes
 
