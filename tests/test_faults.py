@@ -164,23 +164,6 @@ def test_a_full_disk_ends_every_rank_in_one_line_and_keeps_the_last_checkpoint(
     assert "warning: --train_dir" in result.stdout and "keeping 3 checkpoints" in result.stdout
 
 
-@pytest.mark.distributed
-def test_sigterm_to_make_train_stops_the_job(tiny_data, tmp_path):
-    train_dir = tmp_path / "run"
-    command = ["make", "--no-print-directory", "train", f"DATA_DIR={tiny_data}",
-               f"TRAIN_DIR={train_dir}", "STEPS=100000",
-               "TRAIN_FLAGS=--batch_size 16 --log_frequency 5"]
-    with launched(command) as job:
-        wait_for_step(train_dir, 10)
-        os.kill(job.pid, signal.SIGTERM)  # make alone, as a supervisor would
-        job.communicate(timeout=180)
-        assert wait_until_gone(train_dir)
-    log = (train_dir / "train.log").read_text()
-    stopped = re.search(r"stopped by SIGTERM at step (\d+); checkpoint written", log)
-    assert stopped, log[-2000:]
-    assert (train_dir / f"ckpt-{stopped.group(1)}.index").exists()
-
-
 def test_a_disk_that_fills_between_checkpoints_ends_every_rank_at_a_log_write(
         tiny_data, small_disk):
     """The disk fills while training: the next write of train.log or of the TensorBoard events

@@ -438,16 +438,20 @@ def test_a_short_hang_timeout_waits_out_the_first_steps_tracing(tiny_data, tmp_p
 
 
 @pytest.mark.distributed
-def test_sigint_to_make_alone_stops_the_job_after_a_checkpoint(tiny_data, tmp_path):
-    """make passes a SIGINT sent to it alone on to nobody; the ranks see it all the same."""
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_make_alone_stops_the_job_after_a_checkpoint(tiny_data, tmp_path,
+                                                                 signal_number):
+    """make passes SIGTERM on to its child but a SIGINT sent to it alone to nobody; the ranks
+    see that in make's signal handlers."""
     train_dir = tmp_path / "run"
     with launched(ctrl_c_command("make", tiny_data, train_dir)) as job:
         wait_for_training(train_dir, job)
-        os.kill(job.pid, signal.SIGINT)  # make's pid only, as `kill -INT` does
+        os.kill(job.pid, signal_number)  # make's pid only, as a supervisor or `kill` does
         job.communicate(timeout=180)
         assert wait_until_gone(train_dir)
     log = (train_dir / "train.log").read_text()
-    stopped = re.search(r"stopped by SIGINT at step (\d+); checkpoint written", log)
+    name = signal.Signals(signal_number).name
+    stopped = re.search(rf"stopped by {name} at step (\d+); checkpoint written", log)
     assert stopped, log[-2000:]
     assert (train_dir / f"ckpt-{stopped.group(1)}.index").exists()
     assert not (train_dir / "run.lock").exists()
