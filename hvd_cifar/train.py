@@ -391,6 +391,7 @@ class TrainingRun:
                                           "all-reduce")
             loss, accuracy = trainer.step(batches)
             step += 1
+            # Horovod: rank 0 keeps the step at once when it is asked to stop (see stop).
             if self.stop_request.signal_number and self.saved_on_request is None and is_chief:
                 self.save_on_request(step)
             interval_losses.append(loss)
@@ -441,6 +442,7 @@ class TrainingRun:
         """Rank 0, stopping on a signal when the other ranks went first (a launcher that
         ended them at once, as mpirun does on a second Ctrl-C): the step that failed changed
         no weight, so the last completed one is still every rank's, and rank 0 writes it."""
+        # Horovod: rank 0 alone writes.
         if hvd.rank() != 0 or not self.stop_request.signal_number or self.log is None:
             return
         if self.saved_on_request is not None:
