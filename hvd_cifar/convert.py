@@ -139,7 +139,7 @@ def decode_to_cifar(raw):
         raise UserError(f"larger than {MAX_IMAGE_PIXELS:,} pixels; shrink it first (the network "
                         "reads 32x32 images)") from None
     except Image.UnidentifiedImageError:
-        raise UserError("not an image format PIL can read") from None
+        raise UserError("not a readable image (no image format PIL knows)") from None
     with opened as image:
         width, height = image.size
         if width * height > MAX_IMAGE_PIXELS:
