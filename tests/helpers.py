@@ -97,11 +97,18 @@ def weights_digests(output):
     return dict(re.findall(r"(\d+)=([0-9a-f]{16})\b", match.group(1)))
 
 
+def default_sigint():
+    """SIGINT as a terminal's job has it: a test run started in the background of a script
+    (nohup ... &) ignores SIGINT, its children inherit that, and a shell cannot trap a signal
+    ignored on entry, so Ctrl-C tests would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def launched(command, env=None):
     """A job in its own process group, which is killed whole however the test ends."""
     job = subprocess.Popen(command, env={**ENV, **(env or {})}, cwd=REPO_ROOT,
-                           start_new_session=True,
+                           start_new_session=True, preexec_fn=default_sigint,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         yield job

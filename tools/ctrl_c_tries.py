@@ -21,7 +21,7 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
 
-from helpers import BIN, ENV, trainer_pids, write_cifar_dir  # noqa: E402
+from helpers import BIN, ENV, default_sigint, trainer_pids, write_cifar_dir  # noqa: E402
 
 
 def command(launcher, data_dir, train_dir):
@@ -39,7 +39,8 @@ def command(launcher, data_dir, train_dir):
 
 def one_try(launcher, signals, data_dir, train_dir):
     job = subprocess.Popen(command(launcher, data_dir, train_dir), env=ENV, cwd=REPO_ROOT,
-                           start_new_session=True, stdout=subprocess.DEVNULL,
+                           start_new_session=True, preexec_fn=default_sigint,
+                           stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     log = os.path.join(train_dir, "train.log")
     deadline = time.monotonic() + 300
