@@ -24,9 +24,10 @@ import numpy as np
 
 import tensorflow as tf
 
-from hvd_cifar import data, model as model_lib
-from hvd_cifar.config import (UserError, flag, non_negative_int, parse_command, positive_float,
-                              positive_int, run_command, say)
+from hvd_cifar import model as model_lib
+from hvd_cifar.data import download, pipeline, records
+from hvd_cifar.command import (AllreduceFlags, DeviceFlags, UserError, cpu_threads_per_rank,
+                               flag, parse_command, positive_float, positive_int, run_command, say)
 
 MATMUL_SIZE = 2048         # 17 GFLOP a product: long enough to time, small enough for 2 cores
 MATMUL_REPEATS = 10
@@ -38,7 +39,7 @@ RING_HOP_LATENCY_SECONDS = 20e-6  # per ring step; an assumption typical of TCP 
 
 
 @dataclasses.dataclass
-class BenchConfig:
+class BenchConfig(DeviceFlags, AllreduceFlags):
     batch_size: int = flag(128, "examples a rank processes in one step", positive_int)
     steps: int = flag(40, "timed training steps (after the warm-up)", positive_int)
     warmup_steps: int = flag(5, "untimed steps first (graph tracing, thread pools)",
@@ -49,11 +50,6 @@ class BenchConfig:
                           choices=("horovod", "keras", "multiworker"))
     data_dir: str = flag(None, "CIFAR-10 folder for the real-input measurement (default: "
                          "generated records in a temporary folder)", str)
-    threads_per_rank: int = flag(0, "TensorFlow threads of each CPU rank (0: the host's cores "
-                                 "split between its ranks)", non_negative_int)
-    xla: str = flag("auto", "compile the forward pass with XLA (auto: on GPUs only)",
-                    choices=("auto", "on", "off"))
-    fp16_allreduce: bool = flag(False, "compress gradients to float16 for the all-reduce")
     json: bool = flag(False, "print one JSON object instead of a table")
     model_scaling: bool = flag(False, "print the scaling model for GPU clusters (all-reduce "
                                "volume, step time, efficiency at 4/16/64 GPUs) instead")
@@ -117,20 +113,20 @@ def step_statistics(step_seconds, images_per_step, ranks):
 
 def generated_cifar_dir(folder, seed):
     """A cifar-10-batches-bin/ whose training files hold GENERATED_RECORDS random records each."""
-    batches_dir = os.path.join(folder, data.BATCHES_DIR)
+    batches_dir = os.path.join(folder, records.BATCHES_DIR)
     os.makedirs(batches_dir)
     generator = np.random.default_rng(seed)
-    for name in data.TRAIN_FILES:
-        images = generator.integers(0, 256, (GENERATED_RECORDS, data.ORIGINAL_SIZE,
-                                             data.ORIGINAL_SIZE, data.DEPTH), dtype=np.uint8)
-        labels = generator.integers(0, data.NUM_CLASSES, GENERATED_RECORDS, dtype=np.uint8)
-        data.write_records(os.path.join(batches_dir, name), images, labels)
+    for name in records.TRAIN_FILES:
+        images = generator.integers(0, 256, (GENERATED_RECORDS, records.ORIGINAL_SIZE,
+                                             records.ORIGINAL_SIZE, records.DEPTH), dtype=np.uint8)
+        labels = generator.integers(0, records.NUM_CLASSES, GENERATED_RECORDS, dtype=np.uint8)
+        records.write_records(os.path.join(batches_dir, name), images, labels)
     return batches_dir
 
 
 def real_input_batches(config, batches_dir, num_shards, shard_index):
-    paths, num_records = data.split_files(batches_dir, "train")
-    return iter(data.train_dataset(paths, num_records, config.batch_size, num_shards,
+    paths, num_records = records.split_files(batches_dir, "train")
+    return iter(pipeline.train_dataset(paths, num_records, config.batch_size, num_shards,
                                    shard_index, seed=shard_index))
 
 
@@ -139,8 +135,8 @@ def real_input_batches(config, batches_dir, num_shards, shard_index):
 
 def bench_horovod(config, scratch_dir):
     import horovod.tensorflow as hvd
-    from hvd_cifar.distributed import pin_devices, set_launch_defaults
-    from hvd_cifar.trainer import Trainer, TrainerConfig
+    from hvd_cifar.distributed import barrier, controller_name, pin_devices, set_launch_defaults
+    from hvd_cifar.replica import Replica, StepConfig
 
     # Horovod: the same start as train.py: init, then pin a GPU or a share of the cores.
     set_launch_defaults()
@@ -148,9 +144,6 @@ def bench_horovod(config, scratch_dir):
     rank, size = hvd.rank(), hvd.size()
     device = pin_devices(hvd.local_rank(), hvd.local_size(), config.threads_per_rank)
     tf.keras.utils.set_random_seed(rank)
-
-    def barrier(name):
-        hvd.allreduce(tf.constant(0.0), name=name)  # Horovod: every rank starts timing together
 
     def total(value, name):
         # Horovod: rates measured on every rank at once add up to the job's.
@@ -160,16 +153,16 @@ def bench_horovod(config, scratch_dir):
     ceiling_gflops = total(matmul_gflops(), "ceiling_gflops")
 
     if config.data_dir:
-        batches_dir = data.prepare(config.data_dir, download=False)
+        batches_dir = download.ensure_batches_dir(config.data_dir, fetch=False)
     else:
         batches_dir = generated_cifar_dir(scratch_dir, seed=rank)
     barrier("before_input")
     input_rate = total(images_per_sec_of(real_input_batches(config, batches_dir, size, rank),
                                          2 * config.steps, config.batch_size), "input_rate")
 
-    trainer_config = TrainerConfig(batch_size=config.batch_size, lr_scaling="none",
+    trainer_config = StepConfig(batch_size=config.batch_size, lr_scaling="none",
                                    xla=config.xla, fp16_allreduce=config.fp16_allreduce)
-    trainer = Trainer(trainer_config, size, steps_per_epoch=1)
+    trainer = Replica(trainer_config, size, steps_per_epoch=1)
     hvd.broadcast_variables(trainer.state_variables(), root_rank=0)
 
     def timed_steps(batches):
@@ -185,7 +178,7 @@ def bench_horovod(config, scratch_dir):
         return durations
 
     global_batch = config.batch_size * size
-    synthetic = step_statistics(timed_steps(iter(data.synthetic_dataset(config.batch_size,
+    synthetic = step_statistics(timed_steps(iter(pipeline.synthetic_dataset(config.batch_size,
                                                                          rank))),
                                 global_batch, size)
     real = step_statistics(timed_steps(real_input_batches(config, batches_dir, size, rank)),
@@ -209,7 +202,7 @@ def bench_horovod(config, scratch_dir):
     gflops = flops_per_image * synthetic["images_per_sec"] / 1e9
     result = {
         "framework": "hvd_cifar",
-        "controller": "MPI" if hvd.mpi_enabled() else "Gloo",
+        "controller": controller_name(),
         **synthetic,
         "batch_size": config.batch_size,
         "devices": hvd.allgather_object(device),
@@ -258,7 +251,7 @@ def bench_keras(config):
     """The same network with plain model.fit in one process, no Horovod."""
     model = compiled_model()
     timer = StepTimer(config.warmup_steps)
-    model.fit(data.synthetic_dataset(config.batch_size), epochs=1,
+    model.fit(pipeline.synthetic_dataset(config.batch_size), epochs=1,
               steps_per_epoch=config.warmup_steps + config.steps, callbacks=[timer], verbose=0)
     return {"framework": "keras model.fit", "batch_size": config.batch_size,
             **step_statistics(timer.durations, config.batch_size, 1)}
@@ -271,14 +264,14 @@ def bench_multiworker(config):
     cluster = json.loads(os.environ["TF_CONFIG"])
     workers = len(cluster["cluster"]["worker"])
     # The workers share the host's cores like Horovod's ranks do.
-    threads = config.threads_per_rank or max(1, len(os.sched_getaffinity(0)) // workers)
+    threads = cpu_threads_per_rank(config.threads_per_rank, len(os.sched_getaffinity(0)), workers)
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = compiled_model()
     batches = strategy.distribute_datasets_from_function(
-        lambda context: data.synthetic_dataset(config.batch_size, context.input_pipeline_id))
+        lambda context: pipeline.synthetic_dataset(config.batch_size, context.input_pipeline_id))
     timer = StepTimer(config.warmup_steps)
     model.fit(batches, epochs=1, steps_per_epoch=config.warmup_steps + config.steps,
               callbacks=[timer], verbose=0)

@@ -24,9 +24,10 @@ import time
 
 import numpy as np
 
-from hvd_cifar import data, model as model_lib
-from hvd_cifar.config import (UserError, first_line, flag, non_negative_int, parse_command,
-                              positive_float, positive_int, run_command, say)
+from hvd_cifar import model as model_lib
+from hvd_cifar.data import download, pipeline, records
+from hvd_cifar.command import (DeviceFlags, TimelineFlags, UserError, first_line, flag,
+                               parse_command, positive_float, positive_int, run_command, say)
 
 # A GPU below this compute capability gains little from float16 (no tensor cores).
 MIXED_PRECISION_CAPABILITY = (7, 0)
@@ -42,7 +43,7 @@ HOROVOD_BUILD_RECORD = os.path.join(sys.prefix, "share", "hvd_cifar", "horovod_b
 
 
 @dataclasses.dataclass
-class CheckConfig:
+class CheckConfig(DeviceFlags, TimelineFlags):
     data_dir: str = flag("data", "the training data folder every host must see (or be able "
                          "to download into)")
     train_dir: str = flag("runs/train", "the folder rank 0 will write checkpoints to")
@@ -51,13 +52,8 @@ class CheckConfig:
                                positive_float)
     allreduce_repeats: int = flag(20, "timed all-reduces of one step's gradients",
                                   positive_int)
-    threads_per_rank: int = flag(0, "TensorFlow threads of each CPU rank (0: the host's cores "
-                                 "split between its ranks)", non_negative_int)
     require_gpu: bool = flag(False, "fail when a rank has no GPU (by default a CPU job passes)")
     json: bool = flag(False, "print the report as one JSON object (the last line)")
-    horovod_timeline: str = flag(None, "write Horovod's timeline of this check to this file "
-                                 "(rank 0)", str)
-    horovod_timeline_mark_cycles: bool = flag(False, "mark Horovod's cycles in the timeline")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,17 +201,17 @@ def straggler_verdict(rows):
 
 def data_verdict(data_dir):
     """(status, detail) of the data as this host sees it."""
-    batches_dir = os.path.join(data_dir, data.BATCHES_DIR)
+    batches_dir = os.path.join(data_dir, records.BATCHES_DIR)
     if os.path.isdir(batches_dir):
         try:
-            _, num_train = data.split_files(batches_dir, "train")
-            _, num_test = data.split_files(batches_dir, "test")
+            _, num_train = records.split_files(batches_dir, "train")
+            _, num_test = records.split_files(batches_dir, "test")
         except UserError as error:
             return "FAIL", str(error)
         return "PASS", f"{batches_dir}: {num_train} training and {num_test} test records"
-    if os.path.isfile(os.path.join(data_dir, data.ARCHIVE_NAME)):
-        return "PASS", f"{data_dir}/{data.ARCHIVE_NAME} (extracted at the start of training)"
-    return "WARN", (f"no data in {data_dir}: training downloads {data.ARCHIVE_NAME} there "
+    if os.path.isfile(os.path.join(data_dir, download.ARCHIVE_NAME)):
+        return "PASS", f"{data_dir}/{download.ARCHIVE_NAME} (extracted at the start of training)"
+    return "WARN", (f"no data in {data_dir}: training downloads {download.ARCHIVE_NAME} there "
                     "(needs internet, or --data_url)")
 
 
@@ -270,8 +266,9 @@ def run_checks(config):
     import tensorflow as tf
     import horovod
     import horovod.tensorflow as hvd
-    from hvd_cifar.distributed import pin_devices, set_launch_defaults, set_timeline
-    from hvd_cifar.trainer import Trainer, TrainerConfig
+    from hvd_cifar.distributed import (barrier, controller_name, pin_devices,
+                                       set_launch_defaults, set_timeline)
+    from hvd_cifar.replica import Replica, StepConfig
 
     set_launch_defaults()
     set_timeline(config.horovod_timeline, config.horovod_timeline_mark_cycles)
@@ -315,7 +312,7 @@ def run_checks(config):
     nbytes = model_lib.NUM_PARAMETERS * 4
     for _ in range(3):
         hvd.allreduce(gradients, op=hvd.Sum, name="check_bandwidth").numpy()
-    hvd.allreduce(tf.constant(0.0), name="check_barrier").numpy()
+    barrier("check_barrier")
     start = time.perf_counter()
     for _ in range(config.allreduce_repeats):
         reduced = hvd.allreduce(gradients, op=hvd.Sum, name="check_bandwidth")
@@ -326,8 +323,8 @@ def run_checks(config):
 
     # This rank's own training step (forward and backward, no all-reduce), so a slow rank is
     # seen as itself rather than through the others waiting for it.
-    trainer = Trainer(TrainerConfig(batch_size=config.batch_size, lr_scaling="none"), 1, 1)
-    images = tf.random.normal([config.batch_size, data.IMAGE_SIZE, data.IMAGE_SIZE, 3],
+    trainer = Replica(StepConfig(batch_size=config.batch_size, lr_scaling="none", xla=config.xla), 1, 1)
+    images = tf.random.normal([config.batch_size, pipeline.IMAGE_SIZE, pipeline.IMAGE_SIZE, 3],
                               seed=rank)
     labels = tf.random.uniform([config.batch_size], 0, 10, tf.int32, seed=rank)
 
@@ -368,7 +365,7 @@ def run_checks(config):
     allreduce = {"bytes": nbytes, "correct": all(f["correct"] for f in every_rank),
                  "seconds": round(seconds, 6),
                  "algbw_gbps": round(algbw, 3), "busbw_gbps": round(busbw, 3),
-                 "controller": "MPI" if hvd.mpi_enabled() else "Gloo"}
+                 "controller": controller_name()}
     return report(config, every_rank, allreduce, versions), every_rank
 
 

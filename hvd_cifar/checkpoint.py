@@ -15,7 +15,7 @@ import re
 import tensorflow as tf
 
 from hvd_cifar import model as model_lib
-from hvd_cifar.config import UserError, first_line
+from hvd_cifar.command import UserError, first_line
 from hvd_cifar.files import write_atomically
 
 CHECKPOINT_PREFIX = "ckpt"

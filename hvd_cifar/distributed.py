@@ -2,6 +2,7 @@
 defaults read at hvd.init(), one device a rank, failing together, stop requests on signals,
 and the state an elastic job keeps in memory."""
 import os
+import re
 import signal
 import sys
 import threading
@@ -11,7 +12,8 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 from horovod.common.elastic import ObjectState
 
-from hvd_cifar.config import UserError, say
+from hvd_cifar.command import UserError, cpu_threads_per_rank, say
+from hvd_cifar.processes import caught_signals, parent_pid, process_arguments, process_start_time
 
 # Horovod: a rank that waits in a collective longer than this (another rank died or hangs)
 # shuts the job down instead of hanging forever; Horovod's default, 0, never does.
@@ -57,6 +59,15 @@ def check_stall_times(environment):
                         f"would ignore it: set it above {check:g}, or lower {names[1]} too")
 
 
+def controller_name():
+    return "MPI" if hvd.mpi_enabled() else "Gloo"
+
+
+def barrier(name):
+    """Horovod: return when every rank has reached this point (an all-reduce of nothing)."""
+    hvd.allreduce(tf.constant(0.0), name=name).numpy()
+
+
 def plan_devices(gpus, local_rank, local_size, cpu_count, threads_per_rank=0):
     """(GPU to make visible or None, threads for TensorFlow's intra-op pool) for this rank."""
     if gpus:
@@ -64,8 +75,7 @@ def plan_devices(gpus, local_rank, local_size, cpu_count, threads_per_rank=0):
             raise UserError(f"local rank {local_rank} has no GPU: this host shows {len(gpus)} "
                             f"GPUs but runs {local_size} ranks (start one rank per GPU)")
         return gpus[local_rank], None
-    # Ranks on one host share its cores: oversubscribed thread pools make them all slower.
-    return None, threads_per_rank or max(1, cpu_count // local_size)
+    return None, cpu_threads_per_rank(threads_per_rank, cpu_count, local_size)
 
 
 def pin_devices(local_rank, local_size, threads_per_rank=0):
@@ -100,6 +110,27 @@ def fail_together(action):
     if errors:
         raise UserError(errors[0])
     return result
+
+
+# What a collective raises in a rank whose peers stopped answering or died (Gloo's timeout, a
+# closed connection, Horovod shutting down after another rank failed).
+LOST_PEER_MARKERS = ("Horovod", "Gloo", "gloo", "Connection", "connection")
+
+
+def lost_peer_reason(error):
+    """Horovod's or Gloo's reason in a collective's error when the other ranks are gone, in a
+    few words; None when error is something else."""
+    text = str(error)
+    if not any(marker in text for marker in LOST_PEER_MARKERS):
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # The reason is a line of Horovod's or Gloo's, not one of TensorFlow's node trace.
+    reasons = [line for line in lines if any(m in line for m in LOST_PEER_MARKERS)
+               and "node" not in line and not line.startswith("File ")]
+    # TensorFlow appends the failing node's name in [[...]]: not the user's business.
+    reason = (re.sub(r"\s*\[\[.*", "", reasons[-1]).split(". ")[0] if reasons
+              else "a collective failed")
+    return reason[:200]
 
 
 class StopRequest:
@@ -160,34 +191,6 @@ class ElasticState(ObjectState):
 # ---------------------------------------------------------------------------------------------
 # The launcher going away, and a rank that stops answering
 
-def process_arguments(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
-def parent_pid(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            # The command name (field 2) may hold spaces; it ends at the last ')'.
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def process_start_time(pid):
-    """When the process started (clock ticks since boot), or None once it has ended: gone, or
-    a zombie its parent has not yet reaped."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return None if fields[0] in ("Z", "X") else int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def horovodrun_pid():
     """The pid of the horovodrun that started this rank on this host, or None.
 
@@ -213,18 +216,6 @@ def make_pid():
         if os.path.basename((process_arguments(pid) or [""])[0]) in ("make", "gmake"):
             return pid
         pid = parent_pid(pid)
-    return None
-
-
-def caught_signals(pid):
-    """The signals process pid has a handler for (its SigCgt mask in /proc), or None."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("SigCgt:"):
-                    return int(line.split()[1], 16)
-    except (OSError, ValueError, IndexError):
-        pass
     return None
 
 

@@ -19,8 +19,9 @@ import numpy as np
 import tensorflow as tf
 import horovod.tensorflow as hvd
 
-from hvd_cifar import checkpoint as checkpoint_lib, data
-from hvd_cifar.config import (Stopped, UserError, flag, parse_command, positive_int, run_command,
+from hvd_cifar import checkpoint as checkpoint_lib
+from hvd_cifar.data import download, pipeline, records
+from hvd_cifar.command import (Stopped, UserError, flag, parse_command, positive_int, run_command,
                               say)
 from hvd_cifar.distributed import StopRequest, fail_together
 from hvd_cifar.files import write_atomically
@@ -111,9 +112,9 @@ def evaluate_once(config, checkpoint_path, test_paths, names):
     model, global_step = checkpoint_lib.load_averaged_model(checkpoint_path)
     # Horovod: rank r evaluates records r, r + size, ...; none dropped, so shards may differ
     # in size and each rank runs its own number of batches before the single all-reduce.
-    dataset = data.eval_dataset(test_paths, config.batch_size, num_shards=hvd.size(),
+    dataset = pipeline.eval_dataset(test_paths, config.batch_size, num_shards=hvd.size(),
                                 shard_index=hvd.rank())
-    counts = confusion_matrix(model, dataset, data.NUM_CLASSES)
+    counts = confusion_matrix(model, dataset, records.NUM_CLASSES)
     # Horovod: add up every rank's counts, so the result equals one process evaluating all.
     counts = hvd.allreduce(tf.constant(counts), op=hvd.Sum, name="confusion_matrix").numpy()
     if hvd.rank() != 0:
@@ -125,7 +126,7 @@ def evaluate_once(config, checkpoint_path, test_paths, names):
     if used > len(names):
         say(f"hvd_cifar: warning: the class names ({len(names)}) do not cover labels "
             f"{len(names)} to {used - 1}; they are shown as 'class N'", sys.stderr)
-    names, counts = data.label_names(names, used), counts[:used, :used]
+    names, counts = records.label_names(names, used), counts[:used, :used]
     summary = summarize(counts, names, global_step, checkpoint_path)
     say(f"{datetime.datetime.now()}: precision @ 1 = {summary['precision_at_1']:.3f} "
         f"(step {global_step}, {summary['num_examples']} examples)")
@@ -214,9 +215,9 @@ def evaluate(config):
     hvd.init()  # Horovod: alone this is a job of size 1; under horovodrun each rank a shard.
     # Horovod: rank 0 writes the results, and every rank stops when it could not.
     fail_together(lambda: check_output_dir(config) if hvd.rank() == 0 else None)
-    batches_dir = data.prepare(config.data_dir, download=False)
-    test_paths, _ = data.split_files(batches_dir, "test")
-    names = data.class_names(batches_dir)
+    batches_dir = download.ensure_batches_dir(config.data_dir, fetch=False)
+    test_paths, _ = records.split_files(batches_dir, "test")
+    names = records.class_names(batches_dir)
     if config.all_checkpoints:
         evaluate_all(config, test_paths, names)
         return

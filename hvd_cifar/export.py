@@ -13,10 +13,11 @@ import os
 
 import tensorflow as tf
 
-from hvd_cifar import checkpoint as checkpoint_lib, data
-from hvd_cifar.config import UserError, flag, parse_command, run_command
+from hvd_cifar import checkpoint as checkpoint_lib
+from hvd_cifar.data import records
+from hvd_cifar.command import UserError, flag, parse_command, run_command
 from hvd_cifar.files import staged_folder, write_atomically
-from hvd_cifar.predict import classifier
+from hvd_cifar.classifier import classifier
 
 
 class ServingModel(tf.Module):
@@ -26,8 +27,8 @@ class ServingModel(tf.Module):
         self.class_names = tf.Variable(list(class_names), trainable=False, name="class_names")
         self.probabilities = classifier(network)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, data.ORIGINAL_SIZE, data.ORIGINAL_SIZE,
-                                                 data.DEPTH], tf.uint8, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None, records.ORIGINAL_SIZE, records.ORIGINAL_SIZE,
+                                                 records.DEPTH], tf.uint8, name="images")])
     def serve(self, images):
         probabilities = self.probabilities(images)
         label = tf.argmax(probabilities, axis=1, output_type=tf.int32)
@@ -91,7 +92,7 @@ def run(config):
         step = export_weights(config.checkpoint_dir, config.weights)
         print(f"{config.weights}: moving-average weights of step {step}")
         return
-    names = data.class_names(os.path.join(config.data_dir, data.BATCHES_DIR))
+    names = records.class_names(os.path.join(config.data_dir, records.BATCHES_DIR))
     step = export(config.checkpoint_dir, config.out, names)
     print(f"{config.out}: SavedModel of step {step} ({len(names)} classes)")
 

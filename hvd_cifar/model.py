@@ -8,8 +8,9 @@ import dataclasses
 
 import tensorflow as tf
 
-from hvd_cifar.config import flag, parse_command, run_command
-from hvd_cifar.data import IMAGE_SIZE, NUM_CLASSES
+from hvd_cifar.command import flag, parse_command, run_command
+from hvd_cifar.data.pipeline import IMAGE_SIZE
+from hvd_cifar.data.records import NUM_CLASSES
 
 # Weight decay on the fully connected layers, as the tutorial's _variable_with_weight_decay.
 LOCAL_WEIGHT_DECAY = 0.004

@@ -21,8 +21,9 @@ import socket
 import threading
 import time
 
-from hvd_cifar.config import UserError, say
+from hvd_cifar.command import UserError, say
 from hvd_cifar.files import write_atomically
+from hvd_cifar.processes import boot_id, process_exists, process_start_time
 
 LOCK_NAME = "run.lock"
 LOCK_REFRESH_SECONDS = 15
@@ -69,36 +70,6 @@ def remove_unfinished_checkpoints(train_dir):
 # ---------------------------------------------------------------------------------------------
 # One run at a time
 
-def process_exists(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def process_start_ticks(pid):
-    """When process pid started, in clock ticks since boot (from /proc), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            # The command name (field 2) may hold spaces; it ends at the last ')'.
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def boot_id():
-    """This boot of this host: process ids and start times mean something only within it."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-# The largest process id Linux hands out (pid_max can be at most 2^22).
 MAX_PID = 1 << 22
 # A takeover in progress that is older than this was abandoned by a contender that died.
 TAKEOVER_STALE_SECONDS = 30
@@ -111,7 +82,7 @@ class TrainDirLock:
         self.train_dir = train_dir
         self.path = os.path.join(train_dir, LOCK_NAME)
         self.holder = {"host": socket.gethostname(), "pid": os.getpid(),
-                       "pid_started": process_start_ticks(os.getpid()), "boot_id": boot_id(),
+                       "pid_started": process_start_time(os.getpid()), "boot_id": boot_id(),
                        "started": datetime.datetime.now().isoformat(timespec="seconds"),
                        "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
         self.notes = []
@@ -239,7 +210,7 @@ class TrainDirLock:
             if not 0 < pid < MAX_PID or not process_exists(pid):
                 return f"process {pid} of this host is gone"
             started = other.get("pid_started")
-            if started is not None and started != process_start_ticks(pid):
+            if started is not None and started != process_start_time(pid):
                 return f"process {pid} of this host is gone (its id belongs to another now)"
             return None
         if other.get("slurm_job_id") and other.get("slurm_job_id") == self.holder["slurm_job_id"]:

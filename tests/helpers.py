@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from hvd_cifar import data
+from hvd_cifar.data import records
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -30,15 +30,15 @@ def write_cifar_dir(root, train_per_file=40, num_test=30, seed=0, labels=None):
 
     labels(count, offset) gives the label bytes (default: random 0..9)."""
     rng = np.random.default_rng(seed)
-    batches_dir = os.path.join(root, data.BATCHES_DIR)
+    batches_dir = os.path.join(root, records.BATCHES_DIR)
     os.makedirs(batches_dir, exist_ok=True)
     arrays = {}
     offset = 0
-    for name, count in ([(n, train_per_file) for n in data.TRAIN_FILES] +
-                        [(n, num_test) for n in data.TEST_FILES]):
+    for name, count in ([(n, train_per_file) for n in records.TRAIN_FILES] +
+                        [(n, num_test) for n in records.TEST_FILES]):
         images = random_images(count, seed + offset)
         label_bytes = (labels(count, offset) if labels else rng.integers(0, 10, count))
-        data.write_records(os.path.join(batches_dir, name), images, label_bytes)
+        records.write_records(os.path.join(batches_dir, name), images, label_bytes)
         arrays[name] = (images, np.asarray(label_bytes))
         offset += count
     return batches_dir, arrays
@@ -46,7 +46,7 @@ def write_cifar_dir(root, train_per_file=40, num_test=30, seed=0, labels=None):
 
 def set_label(path, record, label):
     """Overwrite the label byte of one record of a CIFAR batch file."""
-    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, data.RECORD_BYTES)
+    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, records.RECORD_BYTES)
     raw[record, 0] = label
     raw.tofile(path)
 

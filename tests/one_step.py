@@ -1,4 +1,4 @@
-"""Run one synchronized training step of the real Trainer on fixed examples; save the weights.
+"""Run one synchronized training step of the real Replica on fixed examples; save the weights.
 
     python tests/one_step.py OUT.npz --batch_size B --lr LR --examples N [--passes P]
     (alone, or under horovodrun)
@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import horovod.tensorflow as hvd
-from hvd_cifar.trainer import Trainer, TrainerConfig
+from hvd_cifar.replica import Replica, StepConfig
 
 parser = argparse.ArgumentParser()
 parser.add_argument("out")
@@ -25,9 +25,9 @@ args = parser.parse_args()
 
 hvd.init()
 tf.keras.utils.set_random_seed(1)
-config = TrainerConfig(batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.0, max_lr=0.0,
+config = StepConfig(batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.0, max_lr=0.0,
                        backward_passes_per_step=args.passes)
-trainer = Trainer(config, hvd.size(), steps_per_epoch=100)
+trainer = Replica(config, hvd.size(), steps_per_epoch=100)
 hvd.broadcast_variables(trainer.state_variables(), root_rank=0)
 
 rng = np.random.default_rng(7)

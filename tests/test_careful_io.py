@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hvd_cifar import convert
+from hvd_cifar.data import images
 from helpers import ENV, REPO_ROOT, assert_one_line_error, python_module, write_cifar_dir
 
 TRAIN_FLAGS = ["--batch_size", "8", "--no_download", "--log_frequency", "2"]
@@ -80,24 +80,24 @@ def encoded(array, mode=None, **save):
 def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped():
     eight = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))
     sixteen = eight.astype(np.uint16) * 257
-    decoded = convert.decode_to_cifar(encoded(sixteen))
+    decoded = images.decode_to_cifar(encoded(sixteen))
     assert decoded.shape == (32, 32, 3) and decoded.dtype == np.uint8
     np.testing.assert_array_equal(decoded[..., 0], eight)
-    np.testing.assert_array_equal(decoded, convert.decode_to_cifar(encoded(eight)))
+    np.testing.assert_array_equal(decoded, images.decode_to_cifar(encoded(eight)))
 
 
 def test_palette_and_alpha_images_become_rgb_with_transparency_over_white():
     rgba = np.zeros((32, 32, 4), dtype=np.uint8)
     rgba[..., 0] = 200
     rgba[:16, :, 3] = 255  # the top half opaque red, the bottom half transparent
-    decoded = convert.decode_to_cifar(encoded(rgba))
+    decoded = images.decode_to_cifar(encoded(rgba))
     assert tuple(decoded[0, 0]) == (200, 0, 0)
     assert tuple(decoded[31, 0]) == (255, 255, 255)
     palette = Image.fromarray(np.full((32, 32, 3), (10, 20, 30), np.uint8)).convert(
         "P", palette=Image.Palette.ADAPTIVE, colors=4)
     buffer = io.BytesIO()
     palette.save(buffer, format="PNG")
-    assert tuple(convert.decode_to_cifar(buffer.getvalue())[5, 5]) == (10, 20, 30)
+    assert tuple(images.decode_to_cifar(buffer.getvalue())[5, 5]) == (10, 20, 30)
 
 
 def test_a_huge_image_is_refused_in_one_line_before_decoding(tmp_path):

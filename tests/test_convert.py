@@ -5,8 +5,8 @@ import tarfile
 import pytest
 from PIL import Image
 
-from hvd_cifar import convert, data
-from hvd_cifar.config import UserError
+from hvd_cifar.data import convert, records
+from hvd_cifar.command import UserError
 from helpers import assert_one_line_error, python_module, random_images
 
 CLASSES = ("cat", "dog", "ship")
@@ -29,7 +29,7 @@ def make_tree(root, per_class_train=4, per_class_test=2, seed=0):
 
 def read_split(batches_dir, files):
     paths = [os.path.join(batches_dir, f) for f in files]
-    return [(image, int(label)) for image, label in data.read_records(paths).as_numpy_iterator()]
+    return [(image, int(label)) for image, label in records.read_records(paths).as_numpy_iterator()]
 
 
 def as_set(records):
@@ -41,26 +41,26 @@ def test_a_png_tree_round_trips_with_labels_from_the_folder_names(tmp_path):
     result = python_module("hvd_cifar.data", "convert", tmp_path / "src", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert "12 training and 6 test records" in result.stdout
-    batches_dir = tmp_path / "out" / data.BATCHES_DIR
-    assert (batches_dir / data.META_FILE).read_text().split() == list(CLASSES)
-    for split, files in (("train", data.TRAIN_FILES), ("test", data.TEST_FILES)):
+    batches_dir = tmp_path / "out" / records.BATCHES_DIR
+    assert (batches_dir / records.META_FILE).read_text().split() == list(CLASSES)
+    for split, files in (("train", records.TRAIN_FILES), ("test", records.TEST_FILES)):
         expected = {(CLASSES.index(name), image.tobytes())
                     for (s, name), images in written.items() if s == split for image in images}
         assert as_set(read_split(str(batches_dir), files)) == expected  # pixels preserved
-    assert data.split_files(str(batches_dir), "train")[1] == 12
+    assert records.split_files(str(batches_dir), "train")[1] == 12
 
 
 def test_the_record_order_is_shuffled_by_the_seed(tmp_path):
     make_tree(tmp_path / "src", per_class_train=10)
     for seed in (1, 2):
         convert.convert(str(tmp_path / "src"), str(tmp_path / f"out{seed}"), seed=seed)
-    labels = [[label for _, label in read_split(str(tmp_path / f"out{seed}" / data.BATCHES_DIR),
-                                                data.TRAIN_FILES)] for seed in (1, 2)]
+    labels = [[label for _, label in read_split(str(tmp_path / f"out{seed}" / records.BATCHES_DIR),
+                                                records.TRAIN_FILES)] for seed in (1, 2)]
     assert labels[0] != labels[1]
     assert labels[0] != sorted(labels[0])  # classes are mixed, not in folder order
     convert.convert(str(tmp_path / "src"), str(tmp_path / "again"), seed=1)
     assert labels[0] == [label for _, label in read_split(
-        str(tmp_path / "again" / data.BATCHES_DIR), data.TRAIN_FILES)]
+        str(tmp_path / "again" / records.BATCHES_DIR), records.TRAIN_FILES)]
 
 
 def test_other_sizes_are_resized_and_a_tar_with_a_top_folder_works(tmp_path):
@@ -75,10 +75,10 @@ def test_other_sizes_are_resized_and_a_tar_with_a_top_folder_works(tmp_path):
     counts = convert.convert(str(tmp_path / "set.tar.gz"), str(tmp_path / "out"),
                           test_fraction=0.34, seed=0)
     assert counts == (2, 1, 0)
-    records = read_split(str(tmp_path / "out" / data.BATCHES_DIR),
-                         data.TRAIN_FILES + data.TEST_FILES)
-    assert all(image.shape == (32, 32, 3) for image, _ in records)
-    colours = {tuple(image[16, 16]) for image, _ in records}
+    examples = read_split(str(tmp_path / "out" / records.BATCHES_DIR),
+                          records.TRAIN_FILES + records.TEST_FILES)
+    assert all(image.shape == (32, 32, 3) for image, _ in examples)
+    colours = {tuple(image[16, 16]) for image, _ in examples}
     assert (128, 128, 128) in colours and (0, 0, 255) in colours  # grey became RGB
 
 

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from hvd_cifar import data
-from hvd_cifar.config import UserError
+from hvd_cifar.data import download, records
+from hvd_cifar.command import UserError
 from helpers import assert_one_line_error, python_module, write_cifar_dir
 
 
@@ -17,10 +17,10 @@ def archive(tmp_path):
     """A CIFAR-layout tar.gz built here; (path, sha256, bytes)."""
     source = tmp_path / "source"
     write_cifar_dir(str(source), train_per_file=4, num_test=3)
-    path = tmp_path / data.ARCHIVE_NAME
+    path = tmp_path / download.ARCHIVE_NAME
     with tarfile.open(path, "w:gz") as tar:
-        tar.add(source / data.BATCHES_DIR, arcname=data.BATCHES_DIR)
-    return str(path), data.file_sha256(path), path.read_bytes()
+        tar.add(source / records.BATCHES_DIR, arcname=records.BATCHES_DIR)
+    return str(path), download.file_sha256(path), path.read_bytes()
 
 
 @contextlib.contextmanager
@@ -43,7 +43,7 @@ def serve(body, cut_after=None):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/{data.ARCHIVE_NAME}"
+        yield f"http://127.0.0.1:{server.server_address[1]}/{download.ARCHIVE_NAME}"
     finally:
         server.shutdown()
         server.server_close()
@@ -57,23 +57,23 @@ def test_a_good_archive_over_http_is_verified_and_extracted(tmp_path, archive):
     path, sha256, body = archive
     data_dir = str(tmp_path / "data")
     with serve(body) as url:
-        batches_dir = data.prepare(data_dir, url, sha256)
-    assert batches_dir == os.path.join(data_dir, data.BATCHES_DIR)
-    assert data.split_files(batches_dir, "train")[1] == 20
-    assert leftovers(data_dir) == sorted([data.ARCHIVE_NAME, data.BATCHES_DIR])
+        batches_dir = download.ensure_batches_dir(data_dir, url, sha256)
+    assert batches_dir == os.path.join(data_dir, records.BATCHES_DIR)
+    assert records.split_files(batches_dir, "train")[1] == 20
+    assert leftovers(data_dir) == sorted([download.ARCHIVE_NAME, records.BATCHES_DIR])
 
 
 def test_a_file_url_serves_an_offline_copy(tmp_path, archive):
     path, sha256, _ = archive
-    batches_dir = data.prepare(str(tmp_path / "data"), f"file://{path}", sha256)
-    assert data.split_files(batches_dir, "test")[1] == 3
+    batches_dir = download.ensure_batches_dir(str(tmp_path / "data"), f"file://{path}", sha256)
+    assert records.split_files(batches_dir, "test")[1] == 3
 
 
 def test_a_wrong_checksum_is_refused_and_leaves_nothing(tmp_path, archive):
     _, _, body = archive
     data_dir = str(tmp_path / "data")
     with serve(body) as url, pytest.raises(UserError, match="refusing to extract"):
-        data.prepare(data_dir, url, "0" * 64)
+        download.ensure_batches_dir(data_dir, url, "0" * 64)
     assert leftovers(data_dir) == []
 
 
@@ -81,7 +81,7 @@ def test_an_interrupted_download_leaves_nothing_that_looks_complete(tmp_path, ar
     _, sha256, body = archive
     data_dir = str(tmp_path / "data")
     with serve(body, cut_after=len(body) // 2) as url, pytest.raises(UserError):
-        data.prepare(data_dir, url, sha256)
+        download.ensure_batches_dir(data_dir, url, sha256)
     assert leftovers(data_dir) == []
 
 
@@ -90,31 +90,31 @@ def test_an_archive_already_in_data_dir_is_verified_and_extracted_without_downlo
     path, sha256, body = archive
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    (data_dir / data.ARCHIVE_NAME).write_bytes(body)
-    batches_dir = data.prepare(str(data_dir), "http://127.0.0.1:9/unreachable", sha256)
-    assert data.split_files(batches_dir, "train")[1] == 20
+    (data_dir / download.ARCHIVE_NAME).write_bytes(body)
+    batches_dir = download.ensure_batches_dir(str(data_dir), "http://127.0.0.1:9/unreachable", sha256)
+    assert records.split_files(batches_dir, "train")[1] == 20
 
 
 def test_a_user_archive_with_the_wrong_checksum_is_kept_and_named(tmp_path, archive):
     _, _, body = archive
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    (data_dir / data.ARCHIVE_NAME).write_bytes(body)
-    with pytest.raises(UserError, match=f"{data.ARCHIVE_NAME} has sha256 .* expected"):
-        data.prepare(str(data_dir))  # the official checksum
-    assert leftovers(str(data_dir)) == [data.ARCHIVE_NAME]  # the user's file is not deleted
+    (data_dir / download.ARCHIVE_NAME).write_bytes(body)
+    with pytest.raises(UserError, match=f"{download.ARCHIVE_NAME} has sha256 .* expected"):
+        download.ensure_batches_dir(str(data_dir))  # the official checksum
+    assert leftovers(str(data_dir)) == [download.ARCHIVE_NAME]  # the user's file is not deleted
 
 
 def test_extracted_data_is_used_as_it_is(tmp_path):
     write_cifar_dir(str(tmp_path))
-    batches_dir = data.prepare(str(tmp_path), "http://127.0.0.1:9/unreachable", download=True)
-    assert data.split_files(batches_dir, "train")[1] == 200
+    batches_dir = download.ensure_batches_dir(str(tmp_path), "http://127.0.0.1:9/unreachable", fetch=True)
+    assert records.split_files(batches_dir, "train")[1] == 200
 
 
 def test_missing_data_with_downloads_off_says_what_to_provide(tmp_path):
     with pytest.raises(UserError, match="--no_download is set: put cifar-10-binary.tar.gz or "
                        "cifar-10-batches-bin/ in --data_dir"):
-        data.prepare(str(tmp_path / "nothing"), download=False)
+        download.ensure_batches_dir(str(tmp_path / "nothing"), fetch=False)
 
 
 def test_the_download_command_explains_how_to_provide_data_when_offline(tmp_path):

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from hvd_cifar import data, model as model_lib
+from hvd_cifar import model as model_lib
+from hvd_cifar.data import records
 from helpers import (ENV, REPO_ROOT, assert_one_line_error, horovodrun, python_module, scalars,
                      write_cifar_dir)
 
@@ -24,7 +25,7 @@ def trained(tmp_path_factory):
     """(data_dir, train_dir, test images, test labels) after 3 real training steps."""
     root = tmp_path_factory.mktemp("eval")
     batches_dir, arrays = write_cifar_dir(str(root), train_per_file=16, num_test=NUM_TEST)
-    with open(os.path.join(batches_dir, data.META_FILE), "w") as f:
+    with open(os.path.join(batches_dir, records.META_FILE), "w") as f:
         f.write("\n".join(CLASS_NAMES) + "\n")
     train_dir = root / "run"
     result = python_module("hvd_cifar.train", "--data_dir", root, "--train_dir", train_dir,

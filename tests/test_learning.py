@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from hvd_cifar import data
+from hvd_cifar.data import records
 from helpers import python_module
 
 NUM_TEST = 300
@@ -26,13 +26,13 @@ def write_digits_as_cifar(root):
     images = np.repeat(padded[..., None], 3, axis=3)                     # -> 32x32x3
     order = np.random.default_rng(0).permutation(len(images))
     images, labels = images[order], digits.target[order]
-    batches_dir = os.path.join(root, data.BATCHES_DIR)
+    batches_dir = os.path.join(root, records.BATCHES_DIR)
     os.makedirs(batches_dir)
     train_images, train_labels = images[NUM_TEST:], labels[NUM_TEST:]
-    for name, part in zip(data.TRAIN_FILES, np.array_split(np.arange(len(train_images)), 5)):
-        data.write_records(os.path.join(batches_dir, name), train_images[part],
+    for name, part in zip(records.TRAIN_FILES, np.array_split(np.arange(len(train_images)), 5)):
+        records.write_records(os.path.join(batches_dir, name), train_images[part],
                            train_labels[part])
-    data.write_records(os.path.join(batches_dir, "test_batch.bin"), images[:NUM_TEST],
+    records.write_records(os.path.join(batches_dir, "test_batch.bin"), images[:NUM_TEST],
                        labels[:NUM_TEST])
 
 

@@ -15,8 +15,8 @@ import pytest
 from helpers import (BIN, ENV, REPO_ROOT, assert_one_line_error, error_lines, fill, launched,
                      python_module, wait_until_gone)
 
-from hvd_cifar import train_dir as train_dir_lib
-from hvd_cifar.config import UserError
+from hvd_cifar import processes, train_dir as train_dir_lib
+from hvd_cifar.command import UserError
 
 TRAIN_FLAGS = ["--batch_size", "16", "--no_download", "--seed", "3"]
 
@@ -194,8 +194,8 @@ def write_lock(train_dir, holder, age_seconds=0.0):
 
 def this_host_holder(pid):
     return {"host": train_dir_lib.socket.gethostname(), "pid": pid,
-            "pid_started": train_dir_lib.process_start_ticks(pid),
-            "boot_id": train_dir_lib.boot_id(), "started": "2026-01-01T00:00:00"}
+            "pid_started": processes.process_start_time(pid),
+            "boot_id": processes.boot_id(), "started": "2026-01-01T00:00:00"}
 
 
 def test_a_suspended_holder_keeps_its_lock_however_old_the_file(tmp_path):
@@ -229,7 +229,7 @@ def test_a_pid_reused_by_another_process_is_stale(tmp_path):
 CONTENDER = """
 import sys, time
 from hvd_cifar import train_dir
-from hvd_cifar.config import UserError
+from hvd_cifar.command import UserError
 while time.time() < float(sys.argv[2]):
     pass
 try:

@@ -10,7 +10,8 @@ import tarfile
 
 import pytest
 
-from hvd_cifar import data, predict
+from hvd_cifar import classifier
+from hvd_cifar.data import records
 from helpers import REPO_ROOT, python_module
 
 SHARED_JPEG = os.path.join(REPO_ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz")
@@ -21,7 +22,7 @@ def cifar10_test_images(tmp_path_factory):
     if not os.path.isfile(SHARED_JPEG):
         pytest.fail(f"needs the CIFAR-10 JPEG copy at {SHARED_JPEG}")
     folder = tmp_path_factory.mktemp("cifar10")
-    wanted = {f"test/{name}/{i:04d}.jpg": name for name in data.CIFAR10_CLASSES
+    wanted = {f"test/{name}/{i:04d}.jpg": name for name in records.CIFAR10_CLASSES
               for i in range(2)}
     with tarfile.open(SHARED_JPEG) as tar:
         for member in tar:
@@ -34,11 +35,11 @@ def cifar10_test_images(tmp_path_factory):
 
 
 def test_the_package_ships_the_weights_and_their_model_card():
-    assert os.path.getsize(predict.SHIPPED_WEIGHTS) > 4_000_000  # 1,068,298 float32 values
-    card = open(os.path.join(predict.SHIPPED_WEIGHTS_DIR, "MODEL_CARD.md")).read()
+    assert os.path.getsize(classifier.SHIPPED_WEIGHTS) > 4_000_000  # 1,068,298 float32 values
+    card = open(os.path.join(classifier.SHIPPED_WEIGHTS_DIR, "MODEL_CARD.md")).read()
     assert "precision @ 1" in card and "python -m hvd_cifar" in card
     # The card describes the file that is shipped, not an earlier one.
-    with open(predict.SHIPPED_WEIGHTS, "rb") as weights:
+    with open(classifier.SHIPPED_WEIGHTS, "rb") as weights:
         digest = hashlib.sha256(weights.read()).hexdigest()
     assert re.findall(r"sha256 `([0-9a-f]{64})`", card) == [digest]
 

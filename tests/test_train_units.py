@@ -9,8 +9,8 @@ import sys
 import pytest
 import tensorflow as tf
 
-from hvd_cifar import distributed, trainer as trainer_lib
-from hvd_cifar.config import UserError
+from hvd_cifar import distributed, replica as replica_lib
+from hvd_cifar.command import UserError
 from helpers import ENV, REPO_ROOT, python_module, scalars
 
 
@@ -21,7 +21,7 @@ class FakeGPU:
 
 @pytest.fixture
 def fake_gpus(monkeypatch):
-    """tf.config with four GPUs; records what the trainer asks of it."""
+    """tf.config with four GPUs; records what pin_devices asks of it."""
     gpus = [FakeGPU(i) for i in range(4)]
     calls = {"visible": [], "growth": [], "threads": []}
     monkeypatch.setattr(tf.config, "list_physical_devices",
@@ -77,18 +77,18 @@ def test_cpu_ranks_on_one_host_split_its_cores(local_size, cores, threads):
 
 
 def config(**overrides):
-    return trainer_lib.TrainerConfig(**{"max_lr": 0.0, **overrides})
+    return replica_lib.StepConfig(**{"max_lr": 0.0, **overrides})
 
 
 @pytest.mark.parametrize("size", [1, 2, 8, 64])
 def test_linear_sqrt_and_no_scaling(size):
-    assert trainer_lib.scaled_learning_rate(0.1, size, "linear", 0)[0] == pytest.approx(0.1 * size)
-    assert trainer_lib.scaled_learning_rate(0.1, size, "sqrt", 0)[0] == pytest.approx(0.1 * size ** .5)
-    assert trainer_lib.scaled_learning_rate(0.1, size, "none", 0)[0] == pytest.approx(0.1)
+    assert replica_lib.scaled_learning_rate(0.1, size, "linear", 0)[0] == pytest.approx(0.1 * size)
+    assert replica_lib.scaled_learning_rate(0.1, size, "sqrt", 0)[0] == pytest.approx(0.1 * size ** .5)
+    assert replica_lib.scaled_learning_rate(0.1, size, "none", 0)[0] == pytest.approx(0.1)
 
 
 def test_warm_up_is_linear_from_lr_to_lr_times_size_then_flat():
-    schedule, rule = trainer_lib.learning_rate_schedule(config(warmup_epochs=5.0), 2, 10)
+    schedule, rule = replica_lib.learning_rate_schedule(config(warmup_epochs=5.0), 2, 10)
     assert schedule.warmup_steps == 50 and rule == "linear scaling: 0.1 x 2"
     assert float(schedule(0)) == pytest.approx(0.1)
     assert float(schedule(25)) == pytest.approx(0.15)
@@ -98,14 +98,14 @@ def test_warm_up_is_linear_from_lr_to_lr_times_size_then_flat():
 
 
 def test_warm_up_defaults_to_5_epochs_with_several_ranks_and_none_alone():
-    assert trainer_lib.learning_rate_schedule(config(), 2, 10)[0].warmup_steps == 50
-    assert trainer_lib.learning_rate_schedule(config(), 1, 10)[0].warmup_steps == 0
+    assert replica_lib.learning_rate_schedule(config(), 2, 10)[0].warmup_steps == 50
+    assert replica_lib.learning_rate_schedule(config(), 1, 10)[0].warmup_steps == 0
 
 
 @pytest.mark.parametrize("size", [1, 2, 8])
 def test_the_decay_falls_at_epoch_350_whatever_the_number_of_ranks(size):
     steps_per_epoch = 50_000 // (128 * size)
-    schedule, _ = trainer_lib.learning_rate_schedule(config(), size, steps_per_epoch)
+    schedule, _ = replica_lib.learning_rate_schedule(config(), size, steps_per_epoch)
     boundary = 350 * steps_per_epoch
     peak = 0.1 * size
     assert float(schedule(boundary - 1)) == pytest.approx(peak)
@@ -152,16 +152,16 @@ def test_a_terminal_gets_a_progress_bar_and_the_log_file_gets_the_lines(tmp_path
 
 
 def test_backward_passes_count_as_workers_for_the_rate_and_the_warm_up():
-    schedule, rule = trainer_lib.learning_rate_schedule(config(backward_passes_per_step=4), 2, 10)
+    schedule, rule = replica_lib.learning_rate_schedule(config(backward_passes_per_step=4), 2, 10)
     assert rule == "linear scaling: 0.1 x 8" and schedule.peak_lr == pytest.approx(0.8)
     assert schedule.warmup_steps == 50
-    alone, _ = trainer_lib.learning_rate_schedule(config(backward_passes_per_step=2), 1, 10)
+    alone, _ = replica_lib.learning_rate_schedule(config(backward_passes_per_step=2), 1, 10)
     assert alone.peak_lr == pytest.approx(0.2) and alone.warmup_steps == 50
 
 
 @pytest.mark.parametrize("size, rate", [(1, 0.1), (2, 0.2), (8, 0.3), (64, 0.3)])
 def test_the_default_policy_is_linear_scaling_capped_at_0_3(size, rate):
-    schedule, rule = trainer_lib.learning_rate_schedule(trainer_lib.TrainerConfig(), size, 100)
+    schedule, rule = replica_lib.learning_rate_schedule(replica_lib.StepConfig(), size, 100)
     assert schedule.peak_lr == pytest.approx(rate)
     assert rule.startswith(f"linear scaling: 0.1 x {size}")
     assert ("capped by --max_lr 0.3" in rule) == (size > 3)
@@ -170,11 +170,11 @@ def test_the_default_policy_is_linear_scaling_capped_at_0_3(size, rate):
 @pytest.mark.parametrize("scaling, size, rate", [("sqrt", 64, 0.3), ("sqrt", 4, 0.2),
                                                   ("none", 64, 0.1)])
 def test_the_cap_applies_to_every_rule(scaling, size, rate):
-    peak, _ = trainer_lib.scaled_learning_rate(0.1, size, scaling, 0.3)
+    peak, _ = replica_lib.scaled_learning_rate(0.1, size, scaling, 0.3)
     assert peak == pytest.approx(rate)
 
 
-class FakeTrainer:
+class FakeReplica:
     warmup_steps, lr_rule = 100, "linear scaling: 0.1 x 8 = 0.8"
 
     def learning_rate(self):
@@ -182,14 +182,14 @@ class FakeTrainer:
 
 
 def test_the_loss_guard_ignores_warm_up_and_stops_an_explosion_after_it():
-    trainer_lib.check_loss(50.0, 2.0, step=100, trainer=FakeTrainer())    # still warming up
-    trainer_lib.check_loss(7.9, 2.0, step=101, trainer=FakeTrainer())     # under 4x
+    replica_lib.check_loss(50.0, 2.0, step=100, replica=FakeReplica())    # still warming up
+    replica_lib.check_loss(7.9, 2.0, step=101, replica=FakeReplica())     # under 4x
     with pytest.raises(UserError, match=r"loss exploded to 8.1 at step 101, 4.0x its running "
                        r"mean 2 \(learning rate 0.8, linear scaling: 0.1 x 8 = 0.8\); lower "
                        "--max_lr or use --lr_scaling sqrt"):
-        trainer_lib.check_loss(8.1, 2.0, step=101, trainer=FakeTrainer())
+        replica_lib.check_loss(8.1, 2.0, step=101, replica=FakeReplica())
     with pytest.raises(UserError, match="loss is nan at step 5: training diverged"):
-        trainer_lib.check_loss(float("nan"), None, step=5, trainer=FakeTrainer())
+        replica_lib.check_loss(float("nan"), None, step=5, replica=FakeReplica())
 
 
 @pytest.mark.parametrize("shutdown, check, refused", [("30", None, True), ("59", "60", True),

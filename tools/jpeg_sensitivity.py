@@ -24,9 +24,11 @@ from PIL import Image, JpegImagePlugin
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from hvd_cifar import checkpoint as checkpoint_lib, data, model as model_lib  # noqa: E402
-from hvd_cifar.convert import decode_to_cifar, image_bytes, list_image_tree  # noqa: E402
-from hvd_cifar.predict import classifier  # noqa: E402
+from hvd_cifar import checkpoint as checkpoint_lib, model as model_lib  # noqa: E402
+from hvd_cifar.data import records
+from hvd_cifar.data.convert import image_bytes, list_image_tree  # noqa: E402
+from hvd_cifar.data.images import decode_to_cifar  # noqa: E402
+from hvd_cifar.classifier import classifier  # noqa: E402
 
 # The luminance table of the JPEG standard (Annex K), which libjpeg scales by the quality.
 IJG_LUMINANCE = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
@@ -47,7 +49,7 @@ def test_images(archive):
     class_of = {name: class_name for class_name, name in list_image_tree(archive)["test"]}
     labels, raws = [], []
     for name, raw in image_bytes(archive, set(class_of)):
-        labels.append(data.CIFAR10_CLASSES.index(class_of[name]))
+        labels.append(records.CIFAR10_CLASSES.index(class_of[name]))
         raws.append(raw)
     return np.array(labels), raws
 

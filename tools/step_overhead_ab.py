@@ -15,17 +15,18 @@ import time
 import horovod.tensorflow as hvd
 import tensorflow as tf
 
-from hvd_cifar import data, model as model_lib
-from hvd_cifar.trainer import Trainer, TrainerConfig
+from hvd_cifar import model as model_lib
+from hvd_cifar.data import pipeline
+from hvd_cifar.replica import Replica, StepConfig
 
 BATCH = 128
 hvd.init()  # a one-rank job: the all-reduce is skipped, as at np=1
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
-trainer = Trainer(TrainerConfig(batch_size=BATCH, lr_scaling="none"), 1, steps_per_epoch=1)
-xla_trainer = Trainer(TrainerConfig(batch_size=BATCH, lr_scaling="none", xla="on"), 1,
+trainer = Replica(StepConfig(batch_size=BATCH, lr_scaling="none"), 1, steps_per_epoch=1)
+xla_trainer = Replica(StepConfig(batch_size=BATCH, lr_scaling="none", xla="on"), 1,
                       steps_per_epoch=1)
-batches = iter(data.synthetic_dataset(BATCH, 0))
+batches = iter(pipeline.synthetic_dataset(BATCH, 0))
 
 
 def backward_pass(images, labels):
@@ -57,7 +58,7 @@ def step_without_averages(images, labels):
 keras_model = model_lib.inference()
 keras_model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
                     loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-keras_batches = iter(data.synthetic_dataset(BATCH, 0))
+keras_batches = iter(pipeline.synthetic_dataset(BATCH, 0))
 keras_step = keras_model.make_train_function()
 
 

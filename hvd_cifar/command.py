@@ -1,4 +1,4 @@
-"""The tutorial's training constants, and how every command reads its flags and ends.
+"""How every command reads its flags and ends, and the flag groups several commands share.
 
 Flags are dataclass fields (`flag(...)`) turned into argparse options by `parse_command`.
 Every command ends through `run_command`: an expected failure (bad flag, missing or corrupt file,
@@ -11,13 +11,6 @@ import math
 import re
 import signal
 import sys
-
-# The tutorial's cifar10.py constants describing the training process.
-INITIAL_LEARNING_RATE = 0.1        # Initial learning rate (per worker, before scaling).
-NUM_EPOCHS_PER_DECAY = 350.0       # Epochs after which the learning rate decays.
-LEARNING_RATE_DECAY_FACTOR = 0.1   # Learning rate decay factor.
-MOVING_AVERAGE_DECAY = 0.9999      # The decay to use for the moving average.
-
 
 class UserError(Exception):
     """An expected failure the user can fix; its message names the file or flag. Under a
@@ -166,3 +159,37 @@ def parse_subcommand(commands, prog, description, argv=None):
     arguments = vars(parser.parse_args(argv))
     name = arguments.pop("command")
     return name, commands[name][0](**arguments)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flag groups several commands share (a command's config class inherits the groups it takes)
+
+@dataclasses.dataclass
+class DeviceFlags:
+    """How a rank uses its device."""
+    threads_per_rank: int = flag(0, "TensorFlow threads of each CPU rank (0: the host's cores "
+                                 "split between its ranks)", non_negative_int)
+    xla: str = flag("auto", "compile the forward pass and loss (and so their gradient) with "
+                    "XLA; the all-reduce stays outside (auto: on GPUs only)",
+                    choices=("auto", "on", "off"))
+
+
+def cpu_threads_per_rank(requested, cores, ranks_on_host):
+    """TensorFlow threads of one CPU rank: as asked, else the host's cores split between its
+    ranks (oversubscribed thread pools make them all slower)."""
+    return requested or max(1, cores // ranks_on_host)
+
+
+@dataclasses.dataclass
+class AllreduceFlags:
+    fp16_allreduce: bool = flag(False, "compress gradients to float16 for the all-reduce "
+                                "(halves the traffic between hosts)")
+
+
+@dataclasses.dataclass
+class TimelineFlags:
+    horovod_timeline: str = flag(None, "write Horovod's timeline (negotiation and all-reduce "
+                                 "of every tensor; rank 0) to this file, for chrome://tracing "
+                                 "or ui.perfetto.dev", str)
+    horovod_timeline_mark_cycles: bool = flag(False, "mark Horovod's background cycles in the "
+                                              "timeline")

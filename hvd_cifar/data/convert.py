@@ -1,24 +1,19 @@
-"""Image folders -> the CIFAR-10 binary layout, and any image file -> the 32x32 RGB the network
-reads (used by predict too).
+"""Image folders -> the CIFAR-10 binary layout.
 
     python -m hvd_cifar.data convert SRC OUT [--test_fraction F] [--seed S] [--skip_bad]
 """
 import dataclasses
-import io
 import os
 import sys
 import tarfile
 
 import numpy as np
-from PIL import Image
 
-from hvd_cifar.config import UserError, argument, first_line, flag, fraction
-from hvd_cifar.data import (BATCHES_DIR, META_FILE, NUM_CLASSES, ORIGINAL_SIZE, TEST_FILES,
-                            TRAIN_FILES, write_records)
+from hvd_cifar.command import UserError, argument, first_line, flag, fraction
+from hvd_cifar.data.images import IMAGE_SUFFIXES, decode_to_cifar
+from hvd_cifar.data.records import (BATCHES_DIR, META_FILE, NUM_CLASSES, TEST_FILES, TRAIN_FILES,
+                                    write_records)
 from hvd_cifar.files import staged_folder
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 def list_image_tree(source):
@@ -99,56 +94,6 @@ def image_bytes(source, wanted):
         for member in tar:
             if member.name in wanted:
                 yield member.name, tar.extractfile(member).read()
-
-
-# Larger images are refused before decoding: a CIFAR image is 32x32, and decoding takes several
-# bytes a pixel (a 12000x12000 photograph took 1.6 GB).
-MAX_IMAGE_PIXELS = 40_000_000
-
-
-def to_rgb8(image):
-    """A PIL image of any mode as 8-bit RGB: 16- and 32-bit values scaled (not clipped) to 8
-    bits, grayscale and palettes expanded, transparent pixels laid over white."""
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        # 16-bit data spans 0..65535; 32-bit integer or float images are read by the range
-        # their values use (0..1, 0..255 or 16-bit).
-        if image.mode.startswith("I;16") or values.max() > 255:
-            full_scale = 65535.0
-        elif image.mode == "F" and values.max() <= 1.0:
-            full_scale = 1.0
-        else:
-            full_scale = 255.0
-        scaled = np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L").convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def decode_to_cifar(raw):
-    """Any PIL-readable image -> uint8 32x32x3 (see to_rgb8; resized with antialiasing when it
-    is not 32x32). An image above MAX_IMAGE_PIXELS is a UserError, found before decoding."""
-    try:
-        opened = Image.open(io.BytesIO(raw))
-    except Image.DecompressionBombError:  # PIL's own limit, far above ours
-        raise UserError(f"larger than {MAX_IMAGE_PIXELS:,} pixels; shrink it first (the network "
-                        "reads 32x32 images)") from None
-    except Image.UnidentifiedImageError:
-        raise UserError("not a readable image (no image format PIL knows)") from None
-    with opened as image:
-        width, height = image.size
-        if width * height > MAX_IMAGE_PIXELS:
-            raise UserError(f"{width}x{height} is larger than {MAX_IMAGE_PIXELS:,} pixels; "
-                            "shrink it first (the network reads 32x32 images)")
-        image = to_rgb8(image)
-        if image.size != (ORIGINAL_SIZE, ORIGINAL_SIZE):
-            image = image.resize((ORIGINAL_SIZE, ORIGINAL_SIZE), Image.Resampling.LANCZOS)
-        return np.asarray(image, dtype=np.uint8)
 
 
 def convert(source, out_dir, test_fraction=None, seed=0, skip_bad=False):

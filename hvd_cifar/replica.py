@@ -1,6 +1,7 @@
-"""The training state and step: the tutorial network, its Horovod optimizer, the moving averages,
-the step counter, the compiled backward pass, and the learning rate it follows (cifar10.py's
-train(), data-parallel). Built identically on every rank; train.py drives it, bench.py times it.
+"""A rank's replica of the training state and its step: the tutorial network, its Horovod
+optimizer, the moving averages, the step counter, the compiled backward pass, and the learning
+rate it follows (cifar10.py's train(), data-parallel). Built identically on every rank; train.py's
+Trainer drives it, bench.py times it.
 """
 import dataclasses
 import hashlib
@@ -10,9 +11,14 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 
 from hvd_cifar import checkpoint as checkpoint_lib, model as model_lib
-from hvd_cifar.config import (INITIAL_LEARNING_RATE, LEARNING_RATE_DECAY_FACTOR,
-                              MOVING_AVERAGE_DECAY, NUM_EPOCHS_PER_DECAY, UserError, flag,
-                              non_negative_float, positive_float, positive_int)
+from hvd_cifar.command import (AllreduceFlags, DeviceFlags, UserError, flag, non_negative_float,
+                               positive_float, positive_int)
+
+# The tutorial's cifar10.py constants describing the training process.
+INITIAL_LEARNING_RATE = 0.1        # Initial learning rate (per worker, before scaling).
+NUM_EPOCHS_PER_DECAY = 350.0       # Epochs after which the learning rate decays.
+LEARNING_RATE_DECAY_FACTOR = 0.1   # Learning rate decay factor.
+MOVING_AVERAGE_DECAY = 0.9999      # The decay to use for the moving average.
 
 DEFAULT_WARMUP_EPOCHS = 5.0   # Goyal et al. 2017: linear warm-up over the first 5 epochs.
 # The largest scaled rate that trains this network stably: at a global batch of 1024, caps of
@@ -24,8 +30,8 @@ LOSS_EXPLOSION_FACTOR = 4.0
 
 
 @dataclasses.dataclass
-class TrainerConfig:
-    """The flags of the training step and its learning rate (train.py adds the driver's)."""
+class StepConfig(DeviceFlags, AllreduceFlags):
+    """The flags of the training step and its learning rate (train.py adds the loop's)."""
     batch_size: int = flag(128, "examples a rank processes in one backward pass; the global "
                            "batch is batch_size x ranks x backward_passes_per_step", positive_int)
     lr: float = flag(INITIAL_LEARNING_RATE, "initial learning rate of one worker, before "
@@ -42,13 +48,9 @@ class TrainerConfig:
                            non_negative_float)
     use_fp16: bool = flag(False, "compute in float16 with float32 variables (mixed_float16, "
                           "GPUs) and dynamic loss scaling")
-    fp16_allreduce: bool = flag(False, "compress gradients to float16 for the all-reduce "
-                                "(halves the traffic between hosts)")
     backward_passes_per_step: int = flag(1, "backward passes whose gradients are summed "
                                          "locally before one all-reduce and update",
                                          positive_int)
-    xla: str = flag("auto", "compile the training step with XLA (auto: on GPUs only)",
-                    choices=("auto", "on", "off"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,11 +108,12 @@ def learning_rate_schedule(config, size, steps_per_epoch):
 # ---------------------------------------------------------------------------------------------
 # The training state and step
 
-class Trainer:
-    """The model, its Horovod optimizer, the moving averages and the step counter, plus the
-    compiled training step, for size ranks taking steps_per_epoch steps an epoch."""
+class Replica:
+    """One rank's model, its Horovod optimizer, the moving averages and the step counter, plus
+    the compiled training step. Its learning rate is set by rescale, for size ranks taking
+    steps_per_epoch steps an epoch."""
 
-    def __init__(self, config, size, steps_per_epoch):
+    def __init__(self, config, size=None, steps_per_epoch=None):
         self.config = config
         self.model = model_lib.inference(config.use_fp16)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -144,7 +147,8 @@ class Trainer:
         # HorovodAllreduce fails ("No registered 'HorovodAllreduce' OpKernel for XLA_CPU_JIT").
         self.forward = tf.function(self._forward, jit_compile=jit_compile)
         self.size = self.steps_per_epoch = None
-        self.rescale(size, steps_per_epoch)
+        if size is not None:
+            self.rescale(size, steps_per_epoch)
 
     def rescale(self, size, steps_per_epoch):
         """Set the learning-rate schedule for size ranks (again when an elastic job resizes)."""
@@ -196,19 +200,19 @@ class Trainer:
         return loss, accuracy
 
 
-def check_loss(mean_loss, running_mean, step, trainer):
+def check_loss(mean_loss, running_mean, step, replica):
     """Stop on NaN/Inf (the tutorial's NanTensorHook) or on a loss that explodes after warm-up.
 
     mean_loss is averaged over ranks, so every rank takes the same decision at the same step."""
     if not math.isfinite(mean_loss):
         raise UserError(f"loss is {mean_loss} at step {step}: training diverged "
-                        f"(learning rate {trainer.learning_rate():.4g}, {trainer.lr_rule}); "
+                        f"(learning rate {replica.learning_rate():.4g}, {replica.lr_rule}); "
                         "lower --lr or --max_lr, or lengthen --warmup_epochs")
-    if (running_mean is not None and step > trainer.warmup_steps
+    if (running_mean is not None and step > replica.warmup_steps
             and mean_loss > LOSS_EXPLOSION_FACTOR * running_mean):
         raise UserError(f"loss exploded to {mean_loss:.3g} at step {step}, "
                         f"{mean_loss / running_mean:.1f}x its running mean {running_mean:.3g} "
-                        f"(learning rate {trainer.learning_rate():.4g}, {trainer.lr_rule}); "
+                        f"(learning rate {replica.learning_rate():.4g}, {replica.lr_rule}); "
                         "lower --max_lr or use --lr_scaling sqrt")
 
 

@@ -1,0 +1,44 @@
+"""A trained network as a classifier of uint8 32x32 images, with the evaluation preprocessing
+inside (predict uses it, export saves it): from a train_dir's newest checkpoint, a SavedModel
+of hvd_cifar.export, or the weights shipped in the package."""
+import os
+
+import tensorflow as tf
+
+from hvd_cifar import checkpoint as checkpoint_lib, model as model_lib
+from hvd_cifar.command import UserError
+from hvd_cifar.data import pipeline, records
+
+SHIPPED_WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
+SHIPPED_WEIGHTS = os.path.join(SHIPPED_WEIGHTS_DIR, "cifar10_moving_averages.h5")
+
+
+def classifier(model):
+    """uint8 images [n, 32, 32, 3] -> class probabilities [n, classes], the eval preprocessing
+    inside, so a SavedModel of it needs nothing but pixels."""
+    @tf.function(input_signature=[tf.TensorSpec([None, records.ORIGINAL_SIZE, records.ORIGINAL_SIZE,
+                                                 records.DEPTH], tf.uint8, name="images")])
+    def probabilities(images):
+        standardized = tf.map_fn(pipeline.eval_image, images, fn_output_signature=tf.float32)
+        return tf.nn.softmax(tf.cast(model(standardized, training=False), tf.float32))
+    return probabilities
+
+
+def load_classifier(checkpoint_dir):
+    """(function uint8 images -> probabilities, class names stored with it or None)."""
+    if checkpoint_dir is None:
+        if not os.path.isfile(SHIPPED_WEIGHTS):
+            raise UserError(f"no --checkpoint_dir given and no shipped weights at "
+                            f"{SHIPPED_WEIGHTS}")
+        network = model_lib.inference()
+        network.load_weights(SHIPPED_WEIGHTS)
+        return classifier(network), None
+    if os.path.isfile(os.path.join(checkpoint_dir, "saved_model.pb")):
+        try:
+            exported = tf.saved_model.load(checkpoint_dir)
+        except (OSError, ValueError, tf.errors.OpError) as error:
+            raise UserError(f"{checkpoint_dir}: cannot load the SavedModel ({error})") from None
+        names = [n.decode() for n in exported.class_names.numpy()]
+        return (lambda images: exported.serve(images)["probabilities"]), names
+    network, _ = checkpoint_lib.load_averaged_model(checkpoint_lib.latest(checkpoint_dir))
+    return classifier(network), None

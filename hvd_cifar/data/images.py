@@ -1,0 +1,75 @@
+"""Any image file -> the 32x32 RGB a CIFAR-10 record holds (convert and predict read images
+with it)."""
+import io
+
+import numpy as np
+from PIL import Image
+
+from hvd_cifar.command import UserError
+from hvd_cifar.data.records import ORIGINAL_SIZE
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+# Larger images are refused before decoding: a CIFAR image is 32x32, and decoding takes several
+# bytes a pixel (a 12000x12000 photograph took 1.6 GB).
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+def to_rgb8(image):
+    """A PIL image of any mode as 8-bit RGB: 16- and 32-bit values scaled (not clipped) to 8
+    bits, grayscale and palettes expanded, transparent pixels laid over white."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        # 16-bit data spans 0..65535; 32-bit integer or float images are read by the range
+        # their values use (0..1, 0..255 or 16-bit).
+        if image.mode.startswith("I;16") or values.max() > 255:
+            full_scale = 65535.0
+        elif image.mode == "F" and values.max() <= 1.0:
+            full_scale = 1.0
+        else:
+            full_scale = 255.0
+        scaled = np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_to_cifar(raw):
+    """Any PIL-readable image -> uint8 32x32x3 (see to_rgb8; resized with antialiasing when it
+    is not 32x32). An image above MAX_IMAGE_PIXELS is a UserError, found before decoding."""
+    try:
+        opened = Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError:  # PIL's own limit, far above ours
+        raise UserError(f"larger than {MAX_IMAGE_PIXELS:,} pixels; shrink it first (the network "
+                        "reads 32x32 images)") from None
+    except Image.UnidentifiedImageError:
+        raise UserError("not a readable image (no image format PIL knows)") from None
+    with opened as image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise UserError(f"{width}x{height} is larger than {MAX_IMAGE_PIXELS:,} pixels; "
+                            "shrink it first (the network reads 32x32 images)")
+        image = to_rgb8(image)
+        if image.size != (ORIGINAL_SIZE, ORIGINAL_SIZE):
+            image = image.resize((ORIGINAL_SIZE, ORIGINAL_SIZE), Image.Resampling.LANCZOS)
+        return np.asarray(image, dtype=np.uint8)
+
+
+def read_image(path):
+    """uint8 [32, 32, 3]; a UserError naming the file when it cannot be read as an image."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as error:
+        raise UserError(f"{path}: {error.strerror}") from None
+    try:
+        return decode_to_cifar(raw)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+    except Exception as error:  # PIL raises many kinds for a file that is not an image
+        raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None

@@ -1,0 +1,49 @@
+"""Each rank's input: the data made ready on every host, the steps in an epoch of the global
+batch, and the rank's own shard of batches from a given step on (a batch is a pure function of
+the step, so a resumed or resized run reads on where it was)."""
+from hvd_cifar.command import UserError
+from hvd_cifar.data import download, pipeline, records
+from hvd_cifar.distributed import fail_together
+
+# Synthetic runs count epochs as CIFAR-10's training set, so their schedule matches a real run.
+SYNTHETIC_EXAMPLES_PER_EPOCH = 50_000
+
+
+def open_input(config, size, local_rank):
+    """Make the data ready on every host; the steps in one epoch of the global batch for size
+    ranks."""
+    passes = config.backward_passes_per_step
+    if config.synthetic:
+        return max(1, SYNTHETIC_EXAMPLES_PER_EPOCH // (config.batch_size * size * passes))
+
+    def fetch():
+        # Horovod: one process per host downloads or extracts; the others wait for it.
+        if local_rank == 0:
+            download.ensure_batches_dir(config.data_dir, config.data_url, config.data_sha256,
+                                        fetch=not config.no_download)
+
+    fail_together(fetch)  # Horovod:
+
+    def count():
+        batches_dir = download.ensure_batches_dir(config.data_dir, fetch=False)
+        _, num_records = records.split_files(batches_dir, "train")
+        # Horovod: every shard yields the same number of batches.
+        return pipeline.shard_sizes(num_records, config.batch_size, size)[1] // passes
+
+    steps_per_epoch = fail_together(count)  # Horovod:
+    if steps_per_epoch == 0:
+        raise UserError(f"--backward_passes_per_step {passes} is more than the batches in one "
+                        "epoch of a rank's shard")
+    return steps_per_epoch
+
+
+def rank_batches(config, size, rank, start_step):
+    """This rank's batches from start_step on."""
+    if config.synthetic:
+        return iter(pipeline.synthetic_dataset(config.batch_size, config.seed + rank))
+    batches_dir = download.ensure_batches_dir(config.data_dir, fetch=False)
+    paths, num_records = records.split_files(batches_dir, "train")
+    # Horovod: rank r reads shard r of size; rank 0's step decides every rank's position.
+    return iter(pipeline.train_dataset(paths, num_records, config.batch_size, num_shards=size,
+                                       shard_index=rank, seed=config.seed,
+                                       start_step=start_step * config.backward_passes_per_step))
