@@ -1,11 +1,12 @@
 # The two commands a newcomer needs:
 #   make train   set up, then a short 2-rank training run and an evaluation
-#   make test    set up, then the test suite
+#   make test    set up, then the whole test suite (make test-fast: the quick tier, for every edit)
 # Both run launch/install.sh first (Open MPI, .venv, TensorFlow, Horovod from a cached build).
 
-VENV       := .venv
-VENV_PYTHON := $(VENV)/bin/python
-HOROVODRUN := $(VENV)/bin/horovodrun
+# The environment install.sh makes and everything runs in (launch/ and slurm/ read the same name).
+HVD_CIFAR_VENV ?= .venv
+export HVD_CIFAR_VENV := $(abspath $(HVD_CIFAR_VENV))
+VENV_PYTHON := $(HVD_CIFAR_VENV)/bin/python
 NP         ?= 2
 STEPS      ?= 200
 DATA_DIR   ?= data
@@ -27,11 +28,11 @@ export OMPI_MCA_odls_base_sigkill_timeout ?= 60
 # TensorFlow's C++ start-up lines, from horovodrun too (it imports TensorFlow to check the build).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install train test data reproduce bench
+.PHONY: install train test test-fast data reproduce bench
 
-install: $(VENV)/.installed
+install: $(HVD_CIFAR_VENV)/.installed
 
-$(VENV)/.installed: launch/install.sh pyproject.toml
+$(HVD_CIFAR_VENV)/.installed: launch/install.sh pyproject.toml
 	bash launch/install.sh
 	touch $@
 
@@ -46,18 +47,23 @@ data: install
 	fi
 
 train: data
-	VENV_BIN=$(abspath $(VENV))/bin launch/local.sh -np $(NP) --data_dir $(DATA_DIR) \
+	launch/local.sh -np $(NP) --data_dir $(DATA_DIR) \
 	  --train_dir $(TRAIN_DIR) --max_steps $(STEPS) --log_frequency 20 $(TRAIN_FLAGS)
 	$(VENV_PYTHON) -m hvd_cifar.evaluate --data_dir $(DATA_DIR) --checkpoint_dir $(TRAIN_DIR) --run_once
 	@echo "make: the run is in $(TRAIN_DIR) (checkpoints, train.log, eval.json). Next:"
-	@echo "  $(VENV)/bin/tensorboard --logdir $(TRAIN_DIR)        # the curves"
+	@echo "  $(HVD_CIFAR_VENV)/bin/tensorboard --logdir $(TRAIN_DIR)        # the curves"
 	@echo "  make train STEPS=2000                                # train on from the checkpoint"
 	@echo "  $(VENV_PYTHON) -m hvd_cifar.predict --checkpoint_dir $(TRAIN_DIR) IMAGE.png"
 	@echo "  $(VENV_PYTHON) -m hvd_cifar.check --data_dir $(DATA_DIR)  # before a long run"
 
 test: install
 	bash tests/cluster/system_packages.sh
-	$(VENV_PYTHON) -m pytest -ra $(PYTEST_ARGS) tests
+	$(VENV_PYTHON) -m pytest -ra --durations=15 $(PYTEST_ARGS) tests
+
+# No launcher, no training process, no root, no ../shared (tests/conftest.py marks the others).
+test-fast: install
+	$(VENV_PYTHON) -m pytest -ra -m "not launcher and not trains and not root and not shared" \
+	  $(PYTEST_ARGS) tests
 
 # The tutorial's learning curve on real images (see docs/results/): DATA is a class-folder tree
 # or its tar.gz, e.g. make reproduce DATA=../shared/data/cifar10-jpeg.tar.gz RANKS=2 STEPS=10000

@@ -47,6 +47,11 @@ class CheckConfig(DeviceFlags, TimelineFlags):
     data_dir: str = flag("data", "the training data folder every host must see (or be able "
                          "to download into)")
     train_dir: str = flag("runs/train", "the folder rank 0 will write checkpoints to")
+    data_url: str = flag(download.DATA_URL, "with --host_report: where a host without the data "
+                         "would download it from")
+    host_report: bool = flag(False, "print one line of key=value facts about this host "
+                             "(versions and Horovod build, GPUs, address, data) without starting "
+                             "Horovod, and exit; launch/check_cluster.sh compares the hosts' lines")
     batch_size: int = flag(128, "examples a rank processes in one timed step", positive_int)
     step_seconds: float = flag(3.0, "how long each rank times its training step",
                                positive_float)
@@ -446,7 +451,35 @@ def table(result):
     return "\n".join(lines)
 
 
+def host_report(data_dir, data_url):
+    """One line of key=value pairs describing this host: what must match on every host of a
+    job, and what it has."""
+    import urllib.request
+    import tensorflow as tf
+    import horovod
+    import horovod.tensorflow as hvd
+    build = "".join(name for name, built in (("T", True), ("G", hvd.gloo_built()),
+                    ("M", hvd.mpi_built()), ("N", hvd.nccl_built())) if built)
+    has_data = (os.path.isdir(os.path.join(data_dir, records.BATCHES_DIR)) or
+                os.path.isfile(os.path.join(data_dir, download.ARCHIVE_NAME)))
+    if not has_data:
+        try:
+            urllib.request.urlopen(urllib.request.Request(data_url, method="HEAD"), timeout=5)
+            has_data = "downloadable"
+        except Exception:  # any failure means: not reachable from here
+            has_data = False
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    hostname = socket.gethostname()
+    return " ".join([f"versions=python{platform.python_version()},tensorflow{tf.__version__},"
+                     f"horovod{horovod.__version__},build{build}", f"gpus={gpus}",
+                     f"hostname={hostname}", f"address={socket.gethostbyname(hostname)}",
+                     f"data={has_data}"])
+
+
 def check(config):
+    if config.host_report:
+        say(host_report(config.data_dir, config.data_url))
+        return
     result, every_rank = run_checks(config)
     if result is not None:
         say(json.dumps(result) if config.json else table(result))

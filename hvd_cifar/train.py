@@ -4,11 +4,10 @@
     python -m hvd_cifar.train --synthetic --max_steps 100      (one worker, no data)
 
 Every rank pins one GPU (or a share of the CPU cores), builds the same network (a Replica),
-reads its own shard of the data and averages gradients with the others through
-hvd.DistributedOptimizer. Rank 0 alone writes, through its RunOutput (output.py): the lock,
-checkpoints, TensorBoard events and the log. Read from train() down: set up, the Trainer's run
-(input, restore, loop, finish). Every line that exists because of distribution is marked
-`# Horovod:` (grep -n "Horovod:" hvd_cifar/train.py).
+reads its own shard and averages gradients with the others through hvd.DistributedOptimizer.
+Rank 0 alone writes, through a RunOutput (output.py). Read from train() down: set up, then the
+Trainer's run: input, restore, loop, finish. Every line that exists because of distribution is
+marked `# Horovod:` (grep -n "Horovod:" hvd_cifar/train.py).
 """
 import dataclasses
 import os
@@ -101,7 +100,6 @@ class Trainer:
         # The schedule is set once the input's epoch is known, by run (again on every resize).
         self.replica = Replica(config)
         self.output = RunOutput(config)  # used by rank 0 alone
-        self.is_chief = False
         self.stop_request = StopRequest()
         # Horovod: signalling horovodrun itself stops every rank, like signalling the ranks.
         LauncherWatch(self.stop_request)
@@ -112,7 +110,7 @@ class Trainer:
 
     def run(self, elastic_state=None):
         config, replica = self.config, self.replica
-        rank, size = hvd.rank(), hvd.size()
+        rank, size = hvd.rank(), hvd.size()  # Horovod:
         self.is_chief = rank == 0  # Horovod: rank 0 alone writes, through self.output.
         # Horovod: the workers (and with them the shards and the rate) are known only now in
         # an elastic job; no collective may run before hvd.elastic.run has synced its state.
@@ -120,9 +118,8 @@ class Trainer:
         restored = None
         if elastic_state is None or not elastic_state.set_up:
             # Horovod: rank 0 claims the train_dir and restores...
-            restored = fail_together(
-                lambda: self.output.claim_and_restore(replica.checkpoint)
-                if self.is_chief else None)
+            restored = fail_together(lambda: self.output.claim_and_restore(replica.checkpoint)
+                                     if self.is_chief else None)
             # Horovod: ...and every rank starts from rank 0's initial (or restored) state.
             hvd.broadcast_variables(replica.state_variables(), root_rank=0)
             if restored is not None:
@@ -159,9 +156,9 @@ class Trainer:
         self.finish(step)
 
     def note_resume_point(self):
-        self.watchdog.resume_hint = (
-            f"; rerun the same command to resume from step {self.last_checkpoint_step}"
-            if self.last_checkpoint_step is not None else "; no checkpoint was written yet")
+        step = self.last_checkpoint_step
+        self.watchdog.resume_hint = (f"; rerun the same command to resume from step {step}"
+                                     if step is not None else "; no checkpoint was written yet")
 
     def loop(self, step, batches, global_batch, elastic_state):
         """Train from step to max_steps; the step reached."""
@@ -189,11 +186,10 @@ class Trainer:
                 self.watchdog.waiting_for(step + 1, "the training step and its gradient "
                                           "all-reduce")
                 continue
-            # Horovod: losses and accuracies are averaged over ranks, so all ranks see one
-            # number; a stop request (SIGINT or SIGTERM) on any rank makes its share non-zero
-            # on all.
             self.watchdog.waiting_for(step, "the all-reduce of the logged loss")
             received = self.stop_request.signal_number
+            # Horovod: losses and accuracies are averaged over ranks, so all ranks see one
+            # number; a stop request (SIGINT or SIGTERM) on any rank makes its share non-zero.
             mean_loss, mean_accuracy, interrupted, terminated = (float(v) for v in hvd.allreduce(
                 tf.stack([tf.reduce_mean(interval_losses), tf.reduce_mean(interval_accuracies),
                           float(received == signal.SIGINT), float(received == signal.SIGTERM)]),
@@ -260,13 +256,14 @@ class Trainer:
         # (Every rank knows last_checkpoint_step, so all or none take part in the broadcast.)
         if self.last_checkpoint_step != step:
             saved = self.saved_on_request if (self.saved_on_request or 0) > 0 else step
-            step = int(hvd.broadcast_object(saved, root_rank=0))
+            step = int(hvd.broadcast_object(saved, root_rank=0))  # Horovod:
         self.save_checkpoint(step)
         # Horovod: nobody exits before rank 0's checkpoint is complete, since the launcher
         # kills the remaining ranks as soon as one has exited.
         barrier("checkpoint_written")
         self.watchdog.idle()
         if self.is_chief:
+            # Horovod: a launcher passes Ctrl-C on as SIGTERM.
             passed_on = (" (launchers pass Ctrl-C on to their ranks as SIGTERM)"
                          if signal_number == signal.SIGTERM and hvd.size() > 1 else "")
             self.output.line(f"hvd_cifar: stopped by {signal.Signals(signal_number).name} at "

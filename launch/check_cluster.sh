@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Check that the hosts of a Horovod hostfile can run hvd_cifar together, before launching.
 #
-#   launch/check_cluster.sh HOSTFILE        (lines: `host slots=N` or `host:N`)
+#   launch/check_cluster.sh HOSTFILE        (lines: `host slots=N`, `host:N` or `host`)
 #
 # For every host: reachable by ssh without a password; the same Python, TensorFlow and Horovod
 # versions and the same Horovod build (TensorFlow, Gloo, MPI, NCCL) as this machine; at least
@@ -10,48 +10,25 @@
 # present in DATA_DIR or the archive at DATA_URL reachable. Prints every problem, then exits 1
 # if there was any.
 #
-# Environment: HOST_PYTHON (the interpreter on every host; default this checkout's .venv, by
-# the same absolute path), DATA_DIR (default data, relative to this folder on every host),
-# DATA_URL, SSH_TIMEOUT (seconds, default 10).
+# Environment: HOST_PYTHON (the interpreter on every host, see launch/common.sh), DATA_DIR
+# (default data, relative to this folder on every host), DATA_URL, SSH_TIMEOUT (seconds,
+# default 10).
 set -uo pipefail
 hostfile=${1:?usage: launch/check_cluster.sh HOSTFILE}
-repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-python=${HOST_PYTHON:-$repo_root/.venv/bin/python}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+python=$host_python
 data_dir=${DATA_DIR:-data}
 data_url=${DATA_URL:-https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz}
 ssh_options=(-o BatchMode=yes -o ConnectTimeout="${SSH_TIMEOUT:-10}")
 
 [ -r "$hostfile" ] || { echo "hvd_cifar: error: cannot read hostfile $hostfile" >&2; exit 2; }
 
-# One line of key=value pairs describing a host: what must match everywhere, and what it has.
-report_program='
-import os, socket, sys, urllib.request
-import tensorflow as tf
-import horovod, horovod.tensorflow as hvd
-data_dir, data_url = sys.argv[1], sys.argv[2]
-build = "".join(name for name, built in (("T", True), ("G", hvd.gloo_built()),
-                ("M", hvd.mpi_built()), ("N", hvd.nccl_built())) if built)
-address = socket.gethostbyname(socket.gethostname())
-has_data = os.path.isdir(os.path.join(data_dir, "cifar-10-batches-bin")) or \
-    os.path.isfile(os.path.join(data_dir, "cifar-10-binary.tar.gz"))
-if not has_data:
-    try:
-        urllib.request.urlopen(urllib.request.Request(data_url, method="HEAD"), timeout=5)
-        has_data = "downloadable"
-    except Exception:
-        has_data = False
-gpus = len(tf.config.list_physical_devices("GPU"))
-print(f"versions=python{sys.version.split()[0]},tensorflow{tf.__version__},"
-      f"horovod{horovod.__version__},build{build}", f"gpus={gpus}",
-      f"hostname={socket.gethostname()}", f"address={address}", f"data={has_data}")
-'
-
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
-# The program travels base64-encoded, so no shell on the way can mangle its quotes.
-run_report="import base64; exec(base64.b64decode('$(base64 -w0 <<<"$report_program")'))"
+# One line of key=value pairs describing a host: what must match everywhere, and what it has.
+report="-m hvd_cifar.check --host_report --data_dir '$data_dir' --data_url '$data_url'"
 
-local_report=$(cd "$repo_root" && TF_CPP_MIN_LOG_LEVEL=3 "$python" -c "$run_report" \
-  "$data_dir" "$data_url" 2>/dev/null | tail -n 1)
+local_report=$(cd "$repo_root" && TF_CPP_MIN_LOG_LEVEL=3 "$python" -m hvd_cifar.check --host_report \
+  --data_dir "$data_dir" --data_url "$data_url" 2>/dev/null | tail -n 1)
 [ -n "$local_report" ] || { echo "hvd_cifar: error: $python cannot import tensorflow and horovod here" >&2; exit 2; }
 local_versions=$(field "$local_report" versions)
 local_gpus=$(field "$local_report" gpus)
@@ -59,19 +36,14 @@ local_gpus=$(field "$local_report" gpus)
 problems=0
 problem() { echo "check_cluster: $1: $2"; problems=$((problems + 1)); }
 hosts=0
-while read -r host rest; do
-  host=${host%%#*}
-  [ -n "$host" ] || continue
-  slots=$(sed -n 's/.*slots=\([0-9]*\).*/\1/p' <<<"$rest")
-  if [[ "$host" == *:* ]]; then slots=${host##*:}; host=${host%%:*}; fi
-  slots=${slots:-1}
+while read -r host slots; do
   hosts=$((hosts + 1))
   if ! ssh "${ssh_options[@]}" "$host" true </dev/null >/dev/null 2>&1; then
     problem "$host" "not reachable by ssh without a password (ssh $host true failed)"
     continue
   fi
   report=$(ssh "${ssh_options[@]}" "$host" \
-    "cd '$repo_root' 2>/dev/null; TF_CPP_MIN_LOG_LEVEL=3 '$python' -c \"$run_report\" '$data_dir' '$data_url'" \
+    "cd '$repo_root' 2>/dev/null; TF_CPP_MIN_LOG_LEVEL=3 '$python' $report" \
     </dev/null 2>/dev/null | tail -n 1)
   if [ -z "$report" ]; then
     problem "$host" "$python cannot import tensorflow and horovod there (install the same environment on every host)"
@@ -89,7 +61,7 @@ while read -r host rest; do
   esac
   [ "$(field "$report" data)" != False ] ||
     problem "$host" "no CIFAR-10 in $data_dir and $data_url is not reachable from it"
-done < "$hostfile"
+done < <(hostfile_entries "$hostfile")
 
 if (( problems )); then
   echo "hvd_cifar: error: $problems problems on the hosts of $hostfile (listed above)" >&2

@@ -10,8 +10,8 @@
 # state in memory every --commit_every_steps steps and rescales the learning rate at every
 # change; the data must already be in --data_dir on every host. NETWORK_INTERFACE names the
 # interface the workers talk over (e.g. ens5; lo for hosts that are all this machine): without
-# it Horovod waits until two hosts are listed, to find an interface they share. HOST_PYTHON is
-# the interpreter's path, the same on every host (default this checkout's .venv).
+# it Horovod waits until two hosts are listed, to find an interface they share. The ranks run
+# HOST_PYTHON, by the same path on every host (see launch/common.sh).
 set -euo pipefail
 usage="usage: launch/elastic.sh HOSTS_FILE MIN_NP MAX_NP [train flags...]"
 hosts_file=${1:?$usage}
@@ -19,7 +19,6 @@ min_np=${2:?$usage}
 max_np=${3:?$usage}
 shift 3
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-python=${HOST_PYTHON:-$bin/python}
 for number in "$min_np" "$max_np"; do
   if ! [[ "$number" =~ ^[1-9][0-9]*$ ]]; then
     echo "hvd_cifar: error: MIN_NP and MAX_NP must be positive integers, got '$number'" >&2
@@ -28,7 +27,7 @@ for number in "$min_np" "$max_np"; do
 done
 HOSTS_FILE=$(cd "$(dirname "$hosts_file")" && pwd)/$(basename "$hosts_file")
 export HOSTS_FILE
-slots=$("$repo_root/launch/discover_hosts.sh" | awk -F: '{ total += ($2 == "" ? 1 : $2) } END { print total + 0 }')
+slots=$("$repo_root/launch/discover_hosts.sh" | total_slots)
 np=$(( slots < max_np ? slots : max_np ))
 if (( np < min_np )); then
   echo "hvd_cifar: error: $HOSTS_FILE lists $slots slots, fewer than MIN_NP $min_np" >&2
@@ -40,4 +39,4 @@ if [ -n "${NETWORK_INTERFACE:-}" ]; then
   options+=(--network-interface "$NETWORK_INTERFACE")
 fi
 echo "launch/elastic.sh: $np ranks to start, between $min_np and $max_np, hosts from $HOSTS_FILE"
-exec "$bin/horovodrun" "${options[@]}" "$python" -m hvd_cifar.train --elastic "$@"
+exec "$bin/horovodrun" "${options[@]}" "$host_python" -m hvd_cifar.train --elastic "$@"

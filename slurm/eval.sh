@@ -5,7 +5,7 @@
 #   TRAIN_DIR=runs/slurm-1234 sbatch slurm/eval.sh --eval_interval_secs 600   (follow a run)
 #
 # By default it evaluates once (--run_once) and writes TRAIN_DIR/eval.json; pass evaluator
-# flags after the script to change that. Environment: VENV, DATA_DIR, TRAIN_DIR, SRUN_MPI as
+# flags after the script to change that. Environment: HVD_CIFAR_VENV, DATA_DIR, TRAIN_DIR, SRUN_MPI as
 # in slurm/train.sh. With several tasks each evaluates a shard and the counts are all-reduced.
 #
 #SBATCH --job-name=hvd_cifar-eval
@@ -17,7 +17,7 @@
 #SBATCH --output=%x-%j.out
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
-venv=${VENV:-$PWD/.venv}
+venv=${HVD_CIFAR_VENV:-$PWD/.venv}
 : "${TRAIN_DIR:?set TRAIN_DIR to the training run to evaluate}"
 if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

@@ -8,7 +8,7 @@
 #
 # Every #SBATCH value below can be overridden on the sbatch command line. Environment (export
 # before sbatch, or sbatch --export=ALL,NAME=value):
-#   VENV       the environment holding hvd_cifar and Horovod (default: ./.venv)
+#   HVD_CIFAR_VENV       the environment holding hvd_cifar and Horovod (default: ./.venv)
 #   DATA_DIR   CIFAR-10 folder, best on a shared file system (default: data)
 #   TRAIN_DIR  checkpoints and events (default: runs/slurm-<job id>; the id survives a requeue,
 #              so a preempted job resumes where it was; set it to continue an older run)
@@ -35,7 +35,7 @@
 # writes a checkpoint of the current step and exits; submit again with the same TRAIN_DIR.
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
-venv=${VENV:-$PWD/.venv}
+venv=${HVD_CIFAR_VENV:-$PWD/.venv}
 data_dir=${DATA_DIR:-data}
 train_dir=${TRAIN_DIR:-runs/slurm-${SLURM_JOB_ID}}
 launcher=${LAUNCHER:-srun}

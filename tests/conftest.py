@@ -1,6 +1,20 @@
+"""Shared fixtures, and the rule that marks tests by what they need.
+
+Markers are not hand labels: collection reads each test's source, the sources of the fixtures it
+uses and of the helpers it calls, and marks it
+  launcher  starts horovodrun, mpirun, srun/sbatch, make or a launcher of launch/;
+  trains    starts a training process or trains a network in this one;
+  root      needs root: mounts, network namespaces, a Slurm cluster;
+  shared    needs ../shared beside the clone (the CIFAR-10 JPEG copy).
+`make test-fast` runs the tests with none of them. A guard keeps the rule honest: a test it left
+unmarked that starts a launcher or a trainer anyway fails, naming the command.
+"""
+import inspect
 import os
+import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -10,11 +24,91 @@ from helpers import REPO_ROOT, write_cifar_dir  # noqa: E402
 
 CLUSTER = os.path.join(REPO_ROOT, "tests", "cluster")
 
+NEEDS = {
+    "launcher": r"horovodrun|mpirun|\bsrun\b|sbatch|scontrol|\blaunched\(|"
+                r"(local|multinode|elastic|reproduce|check_cluster)\.sh|\"make\"|'make'|"
+                r"namespace_hosts|slurm",
+    "trains": r"hvd_cifar\.train\b|\"hvd_cifar\.train\"|train_command|\btrained\b|one_step|"
+              r"\.fit\(|hvd_cifar\.bench\b|\"hvd_cifar\.bench\"|bench_suite|\.step\(",
+    "root": r"small_disk|namespace_hosts|\bmount\b|netns|slurm|apt-get|unwritable_for_root|"
+            r"geteuid",
+    "shared": r"\.\./shared|\"shared\"|SHARED_",
+}
+NEEDS = {name: re.compile(pattern) for name, pattern in NEEDS.items()}
 
-@pytest.fixture(scope="module")
+
+def pytest_configure(config):
+    for name, meaning in (("launcher", "starts a launcher (horovodrun, mpirun, srun, make)"),
+                          ("trains", "starts a training process or trains a network"),
+                          ("root", "needs root (mounts, network namespaces, Slurm)"),
+                          ("shared", "needs ../shared beside the clone")):
+        config.addinivalue_line("markers", f"{name}: {meaning} (set by tests/conftest.py)")
+
+
+def source_of(function):
+    try:
+        return textwrap.dedent(inspect.getsource(function))
+    except (OSError, TypeError):
+        return ""
+
+
+def sources_reached(item):
+    """The test's source, its fixtures' (transitively) and the module helpers they call."""
+    seen, texts = set(), []
+    module = item.module
+    pending = [item.function]
+    for definitions in item._fixtureinfo.name2fixturedefs.values():
+        pending += [definition.func for definition in definitions]
+    while pending:
+        function = pending.pop()
+        if function in seen:
+            continue
+        seen.add(function)
+        text = source_of(function)
+        texts.append(text)
+        for name in set(re.findall(r"\b([A-Za-z_]\w*)\(", text)):
+            helper = getattr(module, name, None)
+            if inspect.isfunction(helper) and helper.__module__ in (module.__name__, "helpers"):
+                pending.append(helper)
+    texts += [repr(mark.args) for mark in item.iter_markers("parametrize")]
+    return "\n".join(texts)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        text = sources_reached(item)
+        for name, pattern in NEEDS.items():
+            if pattern.search(text):
+                item.add_marker(name)
+
+
+HEAVY_COMMAND = re.compile(r"horovodrun|mpirun|\bsrun\b|sbatch|^make$|"
+                           r"(local|multinode|elastic|reproduce|check_cluster)\.sh$|"
+                           r"^hvd_cifar\.(train|bench)$")
+
+
+@pytest.fixture(autouse=True)
+def unmarked_tests_start_no_launcher_or_trainer(request, monkeypatch):
+    if any(request.node.get_closest_marker(name) for name in ("launcher", "trains")):
+        return
+    original = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **options):
+        words = [args] if isinstance(args, (str, bytes)) else [str(a) for a in args]
+        for word in words:
+            if HEAVY_COMMAND.search(os.path.basename(str(word))) or HEAVY_COMMAND.search(
+                    str(word)):
+                raise AssertionError(f"this test starts `{' '.join(words)}` but the rule in "
+                                     "tests/conftest.py did not mark it: extend NEEDS")
+        original(self, args, *rest, **options)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """200 training and 30 test records of random images: at 2 ranks x batch 16 a shard of
-    100 gives 6 steps an epoch."""
+    100 gives 6 steps an epoch. Built once; tests read it and never write into it."""
     root = tmp_path_factory.mktemp("tiny")
     write_cifar_dir(str(root), train_per_file=40, num_test=30)
     return root

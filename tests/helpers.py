@@ -1,6 +1,7 @@
 """Shared test helpers: CIFAR-format fixtures on disk and real subprocess launches."""
 import contextlib
 import glob
+import io
 import os
 import re
 import signal
@@ -59,6 +60,20 @@ def run(args, timeout=LAUNCH_TIMEOUT_SECONDS, env=None, cwd=REPO_ROOT):
 
 def python_module(module, *args, **kwargs):
     return run([sys.executable, "-m", module, *map(str, args)], **kwargs)
+
+
+def in_process(main, *args):
+    """A command's main(argv) run in this process, for what ends before any launcher or
+    Horovod is involved (flags, help); its exit status and output, as run() gives them."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    status = 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None
+                                                                     else 1)
+    return subprocess.CompletedProcess(args, status, stdout.getvalue(), stderr.getvalue())
 
 
 def horovodrun(np_, controller, module, *args, **kwargs):

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from helpers import REPO_ROOT, assert_one_line_error, horovodrun, python_module, run
+from helpers import REPO_ROOT, assert_one_line_error, horovodrun, in_process, python_module, run
+from hvd_cifar import bench
 
 SHORT = ("--json", "--steps", 3, "--warmup_steps", 1, "--batch_size", 32)
 FIELDS = ("ranks", "batch_size", "images_per_sec", "images_per_sec_per_rank",
@@ -56,7 +57,6 @@ def test_real_input_from_a_data_dir(tiny_data):
     assert report["input_source"].endswith("cifar-10-batches-bin")
 
 
-@pytest.mark.distributed
 def test_two_ranks_report_once_with_the_allreduce_share():
     result = horovodrun(2, "gloo", "hvd_cifar.bench", *SHORT)
     assert result.returncode == 0, result.stderr
@@ -83,12 +83,12 @@ def test_multiworker_without_tf_config_is_one_line_error():
 @pytest.mark.parametrize("flag,value", [("--steps", "0"), ("--batch_size", "-1"),
                                         ("--framework", "pytorch")])
 def test_bad_flags(flag, value):
-    assert_one_line_error(python_module("hvd_cifar.bench", flag, value), flag, status=2)
+    assert_one_line_error(in_process(bench.main, flag, value), flag, status=2)
 
 
 def test_scaling_model_arithmetic():
-    result = python_module("hvd_cifar.bench", "--model-scaling", "--compute_images_per_sec",
-                           100_000, "--json")
+    result = in_process(bench.main, "--model-scaling", "--compute_images_per_sec", 100_000,
+                        "--json")
     assert result.returncode == 0, result.stderr
     rows = {(r["gbit_per_sec"], r["allreduce"], r["batch_per_gpu"], r["gpus"]): r
             for r in json.loads(result.stdout)}
@@ -106,13 +106,10 @@ def test_scaling_model_arithmetic():
     assert rows[25, "fp16", 128, 64]["efficiency"] > rows[25, "fp32", 128, 64]["efficiency"]
     assert rows[100, "fp32", 128, 64]["efficiency"] > rows[25, "fp32", 128, 64]["efficiency"]
     assert rows[25, "fp32", 2048, 64]["efficiency"] > rows[25, "fp32", 128, 64]["efficiency"]
-    table = python_module("hvd_cifar.bench", "--model_scaling", "--compute_images_per_sec",
-                          100_000)
+    table = in_process(bench.main, "--model_scaling", "--compute_images_per_sec", 100_000)
     assert "| 25 Gbit/s | fp32 | 128 | 1.280 |" in table.stdout
 
 
-@pytest.mark.slow
-@pytest.mark.distributed
 def test_make_bench_suite_writes_json_table_and_plot(tmp_path):
     result = run([sys.executable, SUITE, "--out", str(tmp_path), "--steps", "2",
                   "--repeats", "1", "--batch_size", "32"])

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hvd_cifar import train
 from hvd_cifar.data import images
-from helpers import ENV, REPO_ROOT, assert_one_line_error, python_module, write_cifar_dir
+from helpers import (ENV, REPO_ROOT, assert_one_line_error, in_process, python_module,
+                     write_cifar_dir)
 
 TRAIN_FLAGS = ["--batch_size", "8", "--no_download", "--log_frequency", "2"]
 
@@ -112,8 +114,8 @@ def test_a_huge_image_is_refused_in_one_line_before_decoding(tmp_path):
 @pytest.mark.parametrize("flag", ["--lr", "--max_lr", "--warmup_epochs", "--momentum"])
 @pytest.mark.parametrize("value", ["inf", "nan"])
 def test_float_flags_refuse_inf_and_nan(flag, value):
-    assert_one_line_error(python_module("hvd_cifar.train", "--synthetic", flag, value),
-                          flag, value, status=2)
+    assert_one_line_error(in_process(train.main, "--synthetic", flag, value), flag, value,
+                          status=2)
 
 
 def test_a_resume_says_what_changed_and_a_finished_run_says_so(trained, tmp_path):

@@ -34,7 +34,6 @@ def test_alone_every_check_passes_on_this_cpu_host(tiny_data, tmp_path):
     assert not (tmp_path / "run").exists()  # checking writes nothing
 
 
-@pytest.mark.distributed
 @pytest.mark.parametrize("controller", ["mpi", "gloo"])
 def test_two_ranks_report_every_field_and_an_exact_allreduce(tiny_data, tmp_path, controller):
     result = horovodrun(2, controller, "hvd_cifar.check", "--json", "--data_dir", tiny_data,
@@ -129,7 +128,6 @@ def test_capabilities_and_stragglers():
     assert check.straggler_verdict(rows[:3])[0] == "PASS"
 
 
-@pytest.mark.distributed
 def test_across_two_hosts_the_allreduce_crosses_the_links(namespace_hosts, tiny_data, tmp_path):
     before = {link: link_bytes(link) for link in ("vethA", "vethB")}
     result = run([os.path.join(BIN, "horovodrun"), "-np", "2", "-H", "10.200.0.2:1,10.200.0.3:1",
@@ -163,7 +161,6 @@ def all_flags(module):
     return flags
 
 
-@pytest.mark.distributed
 @pytest.mark.parametrize("module", FLAG_MODULES)
 def test_every_flag_reaches_the_command_through_horovodrun(module):
     flags = all_flags(module)
@@ -187,7 +184,6 @@ def test_a_horovod_timeline_is_written_by_rank_0(tiny_data, tmp_path):
         assert event in text, event
 
 
-@pytest.mark.distributed
 def test_make_train_is_a_clean_first_run(tiny_data, tmp_path):
     result = run(["make", "--no-print-directory", "train", f"DATA_DIR={tiny_data}",
                   f"TRAIN_DIR={tmp_path / 'run'}", "STEPS=4", "TRAIN_FLAGS=--batch_size 16"])

@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from helpers import assert_one_line_error, python_module, set_label, write_cifar_dir
+from helpers import assert_one_line_error, in_process, python_module, set_label, write_cifar_dir
+from hvd_cifar import train
 
 
 @pytest.mark.parametrize("value, fragment", [
@@ -12,22 +13,22 @@ from helpers import assert_one_line_error, python_module, set_label, write_cifar
     ("many", "argument --batch_size: must be a positive integer, got 'many'"),
 ])
 def test_a_bad_batch_size_is_named(value, fragment):
-    result = python_module("hvd_cifar.train", "--synthetic", "--batch_size", value)
+    result = in_process(train.main, "--synthetic", "--batch_size", value)
     assert_one_line_error(result, fragment, status=2)
 
 
 def test_an_unknown_flag_is_named():
-    result = python_module("hvd_cifar.train", "--batchsize", "8")
+    result = in_process(train.main, "--batchsize", "8")
     assert_one_line_error(result, "unrecognized arguments: --batchsize 8", status=2)
 
 
 def test_a_bad_choice_is_named():
-    result = python_module("hvd_cifar.train", "--lr_scaling", "cubic")
+    result = in_process(train.main, "--lr_scaling", "cubic")
     assert_one_line_error(result, "argument --lr_scaling", "invalid choice: 'cubic'", status=2)
 
 
 def test_help_documents_every_flag_with_its_default():
-    result = python_module("hvd_cifar.train", "--help")
+    result = in_process(train.main, "--help")
     assert result.returncode == 0
     for text in ("--data_dir", "--train_dir", "--max_steps", "--batch_size", "--lr ",
                  "--warmup_epochs", "--checkpoint_every_steps", "--seed", "--synthetic",

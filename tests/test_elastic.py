@@ -12,7 +12,6 @@ import pytest
 from helpers import (REPO_ROOT, assert_one_line_error, launched, logged_steps, python_module,
                      run, trainer_pids, wait_for_step, weights_digests)
 
-pytestmark = pytest.mark.distributed
 COMMIT_EVERY = 5
 MAX_STEPS = 400
 ELASTIC_TIMEOUT_SECONDS = 400

@@ -78,7 +78,6 @@ def test_precision_equals_the_accuracy_computed_by_hand(trained):
         assert png.format == "PNG" and png.width > 300
 
 
-@pytest.mark.distributed
 def test_two_ranks_evaluate_every_record_once_and_agree_with_one_process(trained):
     data_dir, train_dir, _, _ = trained
     _, single = evaluate_once(data_dir, train_dir)

@@ -23,7 +23,6 @@ def train_command(data_dir, train_dir, max_steps, ranks=2, controller="gloo", ex
             *map(str, extra)]
 
 
-@pytest.mark.distributed
 @pytest.mark.parametrize("controller", ["mpi", "gloo"])
 def test_sigterm_to_the_launcher_alone_stops_every_rank_after_a_checkpoint(
         tiny_data, tmp_path, controller):
@@ -40,7 +39,6 @@ def test_sigterm_to_the_launcher_alone_stops_every_rank_after_a_checkpoint(
     assert not (train_dir / "run.lock").exists()
 
 
-@pytest.mark.distributed
 @pytest.mark.parametrize("controller", ["mpi", "gloo"])
 def test_a_stopped_rank_ends_the_job_through_the_watchdog_with_one_line_per_waiting_rank(
         tiny_data, tmp_path, controller):
@@ -63,7 +61,6 @@ def test_a_stopped_rank_ends_the_job_through_the_watchdog_with_one_line_per_wait
                      r"to resume from step \d+", lines[0]), lines
 
 
-@pytest.mark.distributed
 def test_a_second_job_on_a_train_dir_in_use_refuses_and_touches_nothing(tiny_data, tmp_path):
     train_dir = tmp_path / "run"
     with launched(train_command(tiny_data, train_dir, 100_000, ranks=1)) as first:
@@ -102,7 +99,6 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_note(tiny_data, tmp_pa
     assert not (train_dir / "run.lock").exists()
 
 
-@pytest.mark.distributed
 def test_a_stopped_rank_under_gloo_ends_the_others_in_one_line_each(tiny_data, tmp_path):
     train_dir = tmp_path / "run"
     command = train_command(tiny_data, train_dir, 100_000, controller="gloo",

@@ -8,7 +8,6 @@ import pytest
 
 from helpers import REPO_ROOT, BIN, run, wait_for_step, weights_digests
 
-pytestmark = pytest.mark.distributed
 
 TRAIN_FLAGS = ["--max_steps", "6", "--batch_size", "16", "--no_download", "--seed", "3"]
 
@@ -35,7 +34,7 @@ def test_sbatch_train_sh_forms_one_horovod_job_of_2_tasks(slurm, tiny_data, tmp_
     # The CPU-partition overrides of the README, through sbatch flags and environment only.
     result = run(["sbatch", "--wait", "--ntasks-per-node=2", "--gpus-per-task=0",
                   "--cpus-per-task=1", "--time=10",
-                  f"--export=ALL,VENV={os.path.dirname(BIN)},DATA_DIR={tiny_data},"
+                  f"--export=ALL,HVD_CIFAR_VENV={os.path.dirname(BIN)},DATA_DIR={tiny_data},"
                   f"LAUNCHER={launcher}",
                   os.path.join(REPO_ROOT, "slurm", "train.sh"), *TRAIN_FLAGS],
                  env=slurm, cwd=tmp_path)
@@ -69,7 +68,7 @@ def test_a_requeued_train_sh_resumes_from_its_checkpoint_and_keeps_its_output(
     the same TRAIN_DIR), a resume at that step, and the output of both starts in one file."""
     submitted = run(["sbatch", "--parsable", "--ntasks-per-node=2", "--gpus-per-task=0",
                      "--cpus-per-task=1", "--time=10",
-                     f"--export=ALL,VENV={os.path.dirname(BIN)},DATA_DIR={tiny_data}",
+                     f"--export=ALL,HVD_CIFAR_VENV={os.path.dirname(BIN)},DATA_DIR={tiny_data}",
                      os.path.join(REPO_ROOT, "slurm", "train.sh"), "--max_steps", "150",
                      "--batch_size", "16", "--no_download", "--seed", "3",
                      "--log_frequency", "5"],
@@ -104,7 +103,7 @@ def test_sbatch_eval_sh_evaluates_the_run(slurm, tiny_data, tmp_path):
     assert trained.returncode == 0, trained.stderr[-2000:]
     result = run(["sbatch", "--wait", "--ntasks-per-node=2", "--gpus-per-task=0",
                   "--cpus-per-task=1", "--time=10",
-                  f"--export=ALL,VENV={os.path.dirname(BIN)},DATA_DIR={tiny_data},"
+                  f"--export=ALL,HVD_CIFAR_VENV={os.path.dirname(BIN)},DATA_DIR={tiny_data},"
                   f"TRAIN_DIR={train_dir}", os.path.join(REPO_ROOT, "slurm", "eval.sh")],
                  env=slurm, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -124,7 +123,7 @@ def test_local_sh_starts_n_cpu_ranks_and_passes_the_train_flags(tiny_data, tmp_p
 def test_sbatch_check_sh_reports_the_allocation(slurm, tiny_data, tmp_path):
     result = run(["sbatch", "--wait", "--ntasks-per-node=2", "--gpus-per-task=0",
                   "--cpus-per-task=1", "--time=10",
-                  f"--export=ALL,VENV={os.path.dirname(BIN)},DATA_DIR={tiny_data}",
+                  f"--export=ALL,HVD_CIFAR_VENV={os.path.dirname(BIN)},DATA_DIR={tiny_data}",
                   os.path.join(REPO_ROOT, "slurm", "check.sh"), "--step_seconds", "0.5",
                   "--allreduce_repeats", "5", "--batch_size", "16"],
                  env=slurm, cwd=tmp_path)

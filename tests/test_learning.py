@@ -9,7 +9,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 from sklearn.datasets import load_digits
 
 from hvd_cifar.data import records
@@ -36,7 +35,6 @@ def write_digits_as_cifar(root):
                        labels[:NUM_TEST])
 
 
-@pytest.mark.slow
 def test_the_tutorial_network_learns_the_digits_far_above_chance(tmp_path):
     write_digits_as_cifar(str(tmp_path / "digits"))
     train = python_module("hvd_cifar.train", "--data_dir", tmp_path / "digits",

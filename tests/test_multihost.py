@@ -7,7 +7,6 @@ import pytest
 
 from helpers import BIN, REPO_ROOT, link_bytes, run, weights_digests
 
-pytestmark = pytest.mark.distributed
 
 FLAGS = ["--max_steps", "6", "--batch_size", "16", "--no_download", "--seed", "3",
          # One thread a rank in both topologies, so their float sums are the same.

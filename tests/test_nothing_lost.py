@@ -56,7 +56,6 @@ def damage_index_file(train_dir, how):
         data_file.write_bytes(data_file.read_bytes()[:1000])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("how", ["newest index deleted", "state file deleted",
                                  "state file says hello", "state file names a missing ckpt-99",
                                  "state file of garbage bytes", "state file empty",
@@ -91,7 +90,6 @@ def test_a_damaged_checkpoint_index_resumes_from_the_newest_complete_checkpoint(
     assert (train_dir / "ckpt-35.index").exists()
 
 
-@pytest.mark.slow
 def test_a_train_dir_whose_checkpoints_are_all_damaged_is_refused_in_one_line(
         three_checkpoints, tiny_data, tmp_path):
     train_dir = tmp_path / "run"
@@ -136,7 +134,6 @@ def wait_for_training(train_dir, job):
     pytest.fail(f"training did not start: {job.poll()}")
 
 
-@pytest.mark.distributed
 @pytest.mark.parametrize("launcher,signals", [("mpi", 1), ("gloo", 1), ("make", 2)])
 def test_ctrl_c_saves_a_checkpoint_five_times_in_five(tiny_data, tmp_path, launcher, signals):
     """Five tries in a row; make (which trains through launch/local.sh) gets Ctrl-C twice,
@@ -160,7 +157,6 @@ def test_ctrl_c_saves_a_checkpoint_five_times_in_five(tiny_data, tmp_path, launc
         assert leftovers == [], f"try {attempt}: {leftovers}"
 
 
-@pytest.mark.slow
 def test_ctrl_c_to_one_process_names_sigint_and_the_rerun_resumes_there(tiny_data, tmp_path):
     train_dir = tmp_path / "run"
     command = [sys.executable, "-m", "hvd_cifar.train", "--data_dir", str(tiny_data),
@@ -428,7 +424,6 @@ def test_of_two_exports_to_one_file_one_fails_in_one_line(three_checkpoints, tmp
     assert f"{target}: moving-average weights of step 30" in succeeded[1]
 
 
-@pytest.mark.slow
 def test_a_short_hang_timeout_waits_out_the_first_steps_tracing(tiny_data, tmp_path):
     result = python_module("hvd_cifar.train", "--data_dir", tiny_data, "--train_dir",
                            tmp_path / "run", "--max_steps", 3, "--hang_timeout_secs", 1,
@@ -437,7 +432,6 @@ def test_a_short_hang_timeout_waits_out_the_first_steps_tracing(tiny_data, tmp_p
     assert "finished at step 3" in result.stdout
 
 
-@pytest.mark.distributed
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_make_alone_stops_the_job_after_a_checkpoint(tiny_data, tmp_path,
                                                                  signal_number):

@@ -20,7 +20,6 @@ def train_command(data_dir, train_dir, max_steps, ranks=2, controller="gloo"):
             "--train_dir", str(train_dir), "--max_steps", str(max_steps), *TRAIN_FLAGS]
 
 
-@pytest.mark.distributed
 def test_ctrl_c_checkpoints_the_current_step_and_the_rerun_continues_exactly(tiny_data, tmp_path):
     train_dir = tmp_path / "run"
     with launched(train_command(tiny_data, train_dir, 100_000)) as job:
@@ -81,7 +80,6 @@ def test_a_checkpoint_of_a_different_model_is_refused(tiny_data, tmp_path):
 RANK_VARIABLE = {"gloo": "HOROVOD_RANK", "mpi": "OMPI_COMM_WORLD_RANK"}
 
 
-@pytest.mark.distributed
 @pytest.mark.parametrize("controller", ["gloo", "mpi"])
 def test_a_killed_rank_ends_the_job_and_the_rerun_loses_at_most_one_checkpoint_interval(
         tiny_data, tmp_path, controller):
@@ -116,7 +114,6 @@ def saving_step(train_dir):
     return temp[0] if temp else None
 
 
-@pytest.mark.distributed
 def test_rank_0_killed_mid_save_leaves_the_previous_checkpoint_loadable(tiny_data, tmp_path):
     train_dir = tmp_path / "run"
     command = train_command(tiny_data, train_dir, 100_000) + ["--checkpoint_every_steps", "2"]

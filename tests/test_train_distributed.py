@@ -10,7 +10,6 @@ import pytest
 from helpers import (BIN, scalars, REPO_ROOT, assert_one_line_error, horovodrun, python_module, run,
                      weights_digests)
 
-pytestmark = pytest.mark.distributed
 
 # 5 files x 40 = 200 records: at 2 ranks x batch 16 a shard of 100 gives 6 steps an epoch.
 TRAIN_ARGS = ("--batch_size", 16, "--log_frequency", 5, "--no_download", "--seed", 3)
