@@ -32,9 +32,6 @@ from hvd_cifar.command import (AllreduceFlags, DeviceFlags, UserError, cpu_threa
 MATMUL_SIZE = 2048         # 17 GFLOP a product: long enough to time, small enough for 2 cores
 MATMUL_REPEATS = 10
 GENERATED_RECORDS = 2_000  # records of random bytes in each training file without --data_dir
-# Per-GPU training rate of this network on one H100 (JAX/XLA, float32, batch 128): the
-# reference rate of the scaling model when none is measured or given.
-H100_IMAGES_PER_SEC = 242_524
 RING_HOP_LATENCY_SECONDS = 20e-6  # per ring step; an assumption typical of TCP on a data centre LAN
 
 

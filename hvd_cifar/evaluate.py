@@ -69,9 +69,6 @@ def summarize(counts, names, global_step, checkpoint_path):
         "class_names": list(names),
         # Recall: the share of each class's examples that are classified as that class.
         "per_class_recall": recall,
-        # The same numbers under the key earlier versions wrote (precision @ 1 counted within a
-        # class is that class's recall).
-        "per_class_precision_at_1": recall,
         # Of the examples predicted as a class, the share that belong to it.
         "per_class_precision": {
             name: float(correct[c] / per_class_predicted[c]) if per_class_predicted[c] else None

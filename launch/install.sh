@@ -22,7 +22,7 @@
 # Horovod 0.28.1 ships as an sdist only. It is built with --no-build-isolation because build
 # isolation hides TensorFlow from Horovod's CMake, and the built wheel is cached outside the
 # clone (keyed by Python, TensorFlow and Horovod versions, and GPU or CPU) so a second run, or
-# a fresh clone on the same machine, installs it in seconds instead of ~6 minutes.
+# a fresh clone on the same machine, installs it without compiling.
 set -euo pipefail
 
 HOROVOD_VERSION=0.28.1
@@ -217,7 +217,7 @@ install_horovod() {
   local cache
   cache=$(cache_key "$python" "$gpu_tag")
   if ! ls "$cache"/horovod-"$HOROVOD_VERSION"-*.whl >/dev/null 2>&1; then
-    say "building Horovod $HOROVOD_VERSION ($gpu_tag) — about 6 minutes on 2 cores; cached in $cache"
+    say "building Horovod $HOROVOD_VERSION ($gpu_tag), minutes of compiling; cached in $cache"
     quietly "$python" -m pip install -q setuptools wheel packaging psutil pyyaml cloudpickle cffi 'cmake>=3.13'
     local build_dir; build_dir=$(mktemp -d)
     # Build into a temporary folder, then move: an interrupted build never leaves a wheel

@@ -72,7 +72,7 @@ def test_precision_equals_the_accuracy_computed_by_hand(trained):
     for c, name in enumerate(CLASS_NAMES):
         in_class = labels == c
         if in_class.any():
-            assert summary["per_class_precision_at_1"][name] == pytest.approx(
+            assert summary["per_class_recall"][name] == pytest.approx(
                 np.mean(predicted[in_class] == c))
     with Image.open(train_dir / "confusion_matrix.png") as png:
         assert png.format == "PNG" and png.width > 300

@@ -11,7 +11,7 @@ from hvd_cifar.data.records import ORIGINAL_SIZE
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 # Larger images are refused before decoding: a CIFAR image is 32x32, and decoding takes several
-# bytes a pixel (a 12000x12000 photograph took 1.6 GB).
+# bytes a pixel.
 MAX_IMAGE_PIXELS = 40_000_000
 
 
