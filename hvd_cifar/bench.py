@@ -157,19 +157,19 @@ def bench_horovod(config, scratch_dir):
     input_rate = total(images_per_sec_of(real_input_batches(config, batches_dir, size, rank),
                                          2 * config.steps, config.batch_size), "input_rate")
 
-    trainer_config = StepConfig(batch_size=config.batch_size, lr_scaling="none",
+    step_config = StepConfig(batch_size=config.batch_size, lr_scaling="none",
                                    xla=config.xla, fp16_allreduce=config.fp16_allreduce)
-    trainer = Replica(trainer_config, size, steps_per_epoch=1)
-    hvd.broadcast_variables(trainer.state_variables(), root_rank=0)
+    replica = Replica(step_config, size, steps_per_epoch=1)
+    hvd.broadcast_variables(replica.state_variables(), root_rank=0)
 
     def timed_steps(batches):
         for _ in range(config.warmup_steps):
-            trainer.step(batches)
+            replica.step(batches)
         barrier("before_steps")
         durations = []
         for _ in range(config.steps):
             start = time.perf_counter()
-            loss, _ = trainer.step(batches)
+            loss, _ = replica.step(batches)
             float(loss)
             durations.append(time.perf_counter() - start)
         return durations
@@ -182,7 +182,7 @@ def bench_horovod(config, scratch_dir):
                            global_batch, size)
 
     # Horovod: the step's all-reduce timed alone: one step's gradients, fused as in training.
-    gradients = [tf.ones_like(v) for v in trainer.model.trainable_variables]
+    gradients = [tf.ones_like(v) for v in replica.model.trainable_variables]
     compression = hvd.Compression.fp16 if config.fp16_allreduce else hvd.Compression.none
     allreduce_ms = 0.0
     if size > 1:  # Horovod skips the all-reduce of a one-rank job
@@ -195,7 +195,7 @@ def bench_horovod(config, scratch_dir):
         reduced[0].numpy()
         allreduce_ms = 1000 * (time.perf_counter() - start) / config.steps
 
-    flops_per_image = training_flops_per_image(trainer.model)
+    flops_per_image = training_flops_per_image(replica.model)
     gflops = flops_per_image * synthetic["images_per_sec"] / 1e9
     result = {
         "framework": "hvd_cifar",

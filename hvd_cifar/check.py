@@ -295,7 +295,7 @@ def run_checks(config):
     if gpus:
         capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
 
-    # XLA compiling a small function (the trainer's --xla compiles the forward pass).
+    # XLA compiling a small function (the replica's --xla compiles the forward pass).
     try:
         compiled = tf.function(lambda x: tf.reduce_sum(tf.nn.relu(x) * 2.0), jit_compile=True)
         xla = ("PASS", "XLA compiled and ran a test function") if float(
@@ -328,7 +328,7 @@ def run_checks(config):
 
     # This rank's own training step (forward and backward, no all-reduce), so a slow rank is
     # seen as itself rather than through the others waiting for it.
-    trainer = Replica(StepConfig(batch_size=config.batch_size, lr_scaling="none", xla=config.xla), 1, 1)
+    replica = Replica(StepConfig(batch_size=config.batch_size, lr_scaling="none", xla=config.xla), 1, 1)
     images = tf.random.normal([config.batch_size, pipeline.IMAGE_SIZE, pipeline.IMAGE_SIZE, 3],
                               seed=rank)
     labels = tf.random.uniform([config.batch_size], 0, 10, tf.int32, seed=rank)
@@ -336,8 +336,8 @@ def run_checks(config):
     @tf.function
     def local_step():
         with tf.GradientTape() as tape:
-            loss, _ = trainer.forward(images, labels)
-        return tape.gradient(loss, trainer.model.trainable_variables)[0]
+            loss, _ = replica.loss_and_logits(images, labels)
+        return tape.gradient(loss, replica.model.trainable_variables)[0]
 
     local_step()
     steps, start = 0, time.perf_counter()

@@ -165,14 +165,17 @@ def listed_in_state_file(folder):
     return paths
 
 
-def find(folder):
-    """Every checkpoint of folder, judged from its files (see Found)."""
+def find(folder, newest_only=False):
+    """Every checkpoint of folder, judged from its files (see Found); with newest_only, those
+    down to the newest complete one (reading a checkpoint back costs its size)."""
     complete, damaged = [], []
     for step in reversed(checkpoint_steps(folder)):
         path = os.path.join(folder, f"{CHECKPOINT_PREFIX}-{step}")
         why = damage(path)
         if why is None:
             complete.append(path)
+            if newest_only:
+                break
         else:
             damaged.append((path, why))
     return Found(complete[::-1], damaged, listed_in_state_file(folder))
@@ -201,7 +204,7 @@ def write_state_file(folder, found):
     return True
 
 
-def restore_latest(checkpoint, train_dir, use_fp16=None):
+def restore_newest(checkpoint, train_dir, use_fp16=None):
     """Restore the newest complete checkpoint of train_dir. Returns (its path or None, notes:
     the damaged checkpoints skipped and a rewritten state file); a UserError when train_dir
     has checkpoints but none is complete."""
@@ -231,18 +234,14 @@ def complete_checkpoints(checkpoint_dir):
     return found.complete
 
 
-def latest(checkpoint_dir):
+def newest_or_refuse(checkpoint_dir):
     """The newest complete checkpoint's path, or a UserError naming the folder."""
     return complete_checkpoints(checkpoint_dir)[-1]
 
 
-def newest_complete(checkpoint_dir):
+def newest_or_none(checkpoint_dir):
     """The newest complete checkpoint's path, or None (for a watcher that waits for one)."""
-    for step in reversed(checkpoint_steps(checkpoint_dir)):
-        path = os.path.join(checkpoint_dir, f"{CHECKPOINT_PREFIX}-{step}")
-        if damage(path) is None:
-            return path
-    return None
+    return find(checkpoint_dir, newest_only=True).newest
 
 
 def load_averaged_model(path):

@@ -219,7 +219,7 @@ def evaluate(config):
         evaluate_all(config, test_paths, names)
         return
     if config.run_once:
-        evaluate_once(config, checkpoint_lib.latest(config.checkpoint_dir), test_paths, names)
+        evaluate_once(config, checkpoint_lib.newest_or_refuse(config.checkpoint_dir), test_paths, names)
         return
     scalars_dir = config.eval_dir or os.path.join(config.checkpoint_dir, "eval")
     writer = None
@@ -235,7 +235,7 @@ def evaluate(config):
         # Horovod: rank 0 decides which checkpoint is next and when to stop, so all ranks
         # evaluate the same one and leave together.
         path, stop_signal = hvd.broadcast_object(
-            (checkpoint_lib.newest_complete(config.checkpoint_dir) if hvd.rank() == 0 else None,
+            (checkpoint_lib.newest_or_none(config.checkpoint_dir) if hvd.rank() == 0 else None,
              stop_request.signal_number),
             root_rank=0)
         if stop_signal:

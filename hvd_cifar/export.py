@@ -41,7 +41,7 @@ def export(checkpoint_dir, out_dir, class_names):
     if os.path.exists(out_dir):
         raise UserError(f"--out {out_dir} already exists; choose another folder")
     network, global_step = checkpoint_lib.load_averaged_model(
-        checkpoint_lib.latest(checkpoint_dir))
+        checkpoint_lib.newest_or_refuse(checkpoint_dir))
     serving = ServingModel(network, class_names)
     try:
         with staged_folder(out_dir) as staging:
@@ -60,7 +60,7 @@ def export_weights(checkpoint_dir, path):
         raise UserError(f"--weights {path}: cannot write in {folder} "
                         f"({'no such folder' if not os.path.isdir(folder) else 'not writable'})")
     network, global_step = checkpoint_lib.load_averaged_model(
-        checkpoint_lib.latest(checkpoint_dir))
+        checkpoint_lib.newest_or_refuse(checkpoint_dir))
     try:
         # Keras picks the HDF5 format by the file name's ending.
         write_atomically(path, network.save_weights, suffix=".part.h5", replace=False)

@@ -32,7 +32,7 @@ class RunOutput:
         if config.fresh and os.path.isdir(self.train_dir) and os.listdir(self.train_dir):
             # Moving a folder aside is for a run that is over: its lock must be free too.
             train_dir_lib.TrainDirLock(self.train_dir, config.take_over_train_dir).release()
-        created = train_dir_lib.prepare(self.train_dir, config.fresh)
+        created = train_dir_lib.create_or_move_aside(self.train_dir, config.fresh)
         try:
             self.lock = train_dir_lib.TrainDirLock(self.train_dir, config.take_over_train_dir)
         except UserError:
@@ -43,7 +43,7 @@ class RunOutput:
         for leftover in train_dir_lib.remove_unfinished_checkpoints(self.train_dir):
             self.notes.append(f"removed {leftover}, a checkpoint a stopped run did not finish")
         self.previous_run = train_dir_lib.read_run_record(self.train_dir)
-        restored, notes = checkpoint_lib.restore_latest(checkpoint, self.train_dir,
+        restored, notes = checkpoint_lib.restore_newest(checkpoint, self.train_dir,
                                                         use_fp16=config.use_fp16)
         self.notes += notes
         return restored

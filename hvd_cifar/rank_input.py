@@ -9,7 +9,7 @@ from hvd_cifar.distributed import fail_together
 SYNTHETIC_EXAMPLES_PER_EPOCH = 50_000
 
 
-def open_input(config, size, local_rank):
+def ready_data_and_count_steps(config, size, local_rank):
     """Make the data ready on every host; the steps in one epoch of the global batch for size
     ranks."""
     passes = config.backward_passes_per_step

@@ -145,7 +145,7 @@ class Replica:
         # Horovod: XLA compiles the forward pass and loss (and so their gradient), never the
         # all-reduce: Horovod registers XLA kernels for GPU builds only, and on CPU a compiled
         # HorovodAllreduce fails ("No registered 'HorovodAllreduce' OpKernel for XLA_CPU_JIT").
-        self.forward = tf.function(self._forward, jit_compile=jit_compile)
+        self.loss_and_logits = tf.function(self._loss_and_logits, jit_compile=jit_compile)
         self.size = self.steps_per_epoch = None
         if size is not None:
             self.rescale(size, steps_per_epoch)
@@ -167,7 +167,7 @@ class Replica:
     def learning_rate(self):
         return float(self.schedule(self.global_step))
 
-    def _forward(self, images, labels):
+    def _loss_and_logits(self, images, labels):
         logits = self.model(images, training=True)
         return model_lib.loss(self.model, logits, labels), logits
 
@@ -177,7 +177,7 @@ class Replica:
         if first:
             self.optimizer.learning_rate.assign(self.schedule(self.global_step))
         with tf.GradientTape() as tape:
-            loss, logits = self.forward(images, labels)
+            loss, logits = self.loss_and_logits(images, labels)
         # Horovod: minimize() all-reduces the gradients (DistributedOptimizer); calling
         # apply_gradients() directly would skip the averaging.
         self.optimizer.minimize(loss, self.model.trainable_variables, tape=tape)

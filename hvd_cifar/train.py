@@ -26,7 +26,7 @@ from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Wat
                                    controller_name, barrier, fail_together, lost_peer_reason,
                                    pin_devices, set_launch_defaults, set_timeline)
 from hvd_cifar.output import RunOutput
-from hvd_cifar.rank_input import open_input, rank_batches
+from hvd_cifar.rank_input import ready_data_and_count_steps, rank_batches
 from hvd_cifar.replica import Replica, StepConfig, check_loss, weights_digest
 
 # Longer than anything a healthy rank waits for between two marks of the watchdog: a
@@ -114,7 +114,7 @@ class Trainer:
         self.is_chief = rank == 0  # Horovod: rank 0 alone writes, through self.output.
         # Horovod: the workers (and with them the shards and the rate) are known only now in
         # an elastic job; no collective may run before hvd.elastic.run has synced its state.
-        replica.rescale(size, open_input(config, size, hvd.local_rank()))
+        replica.rescale(size, ready_data_and_count_steps(config, size, hvd.local_rank()))
         restored = None
         if elastic_state is None or not elastic_state.set_up:
             # Horovod: rank 0 claims the train_dir and restores...

@@ -33,7 +33,7 @@ LOCK_STALE_SECONDS = 120
 RUN_RECORD_NAME = "run.json"
 
 
-def prepare(train_dir, fresh):
+def create_or_move_aside(train_dir, fresh):
     """Create train_dir (and with --fresh move an old one aside). Taking its lock next is the
     test that it is writable. Whether this call created the folder."""
     if os.path.lexists(train_dir) and not os.path.isdir(train_dir):

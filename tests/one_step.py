@@ -27,8 +27,8 @@ hvd.init()
 tf.keras.utils.set_random_seed(1)
 config = StepConfig(batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.0, max_lr=0.0,
                        backward_passes_per_step=args.passes)
-trainer = Replica(config, hvd.size(), steps_per_epoch=100)
-hvd.broadcast_variables(trainer.state_variables(), root_rank=0)
+replica = Replica(config, hvd.size(), steps_per_epoch=100)
+hvd.broadcast_variables(replica.state_variables(), root_rank=0)
 
 rng = np.random.default_rng(7)
 images = rng.normal(size=(args.examples, 24, 24, 3)).astype(np.float32)
@@ -36,12 +36,12 @@ labels = rng.integers(0, 10, args.examples).astype(np.int32)
 per_rank = args.batch_size * args.passes
 passes = [slice(hvd.rank() * per_rank + p * args.batch_size,
                 hvd.rank() * per_rank + (p + 1) * args.batch_size) for p in range(args.passes)]
-before = [v.numpy() for v in trainer.model.trainable_variables]
-trainer.step(iter([(tf.constant(images[part]), tf.constant(labels[part])) for part in passes]))
+before = [v.numpy() for v in replica.model.trainable_variables]
+replica.step(iter([(tf.constant(images[part]), tf.constant(labels[part])) for part in passes]))
 if hvd.rank() == 0:
-    after = [v.numpy() for v in trainer.model.trainable_variables]
-    np.savez(args.out, learning_rate=trainer.schedule(0).numpy(),
-             global_step=trainer.global_step.numpy(),
-             **{f"average_{i}": v.numpy() for i, v in enumerate(trainer.averaged_variables)},
+    after = [v.numpy() for v in replica.model.trainable_variables]
+    np.savez(args.out, learning_rate=replica.schedule(0).numpy(),
+             global_step=replica.global_step.numpy(),
+             **{f"average_{i}": v.numpy() for i, v in enumerate(replica.averaged_variables)},
              **{f"before_{i}": v for i, v in enumerate(before)},
              **{f"after_{i}": v for i, v in enumerate(after)})

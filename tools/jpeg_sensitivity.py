@@ -70,7 +70,7 @@ def precision(probabilities, images, labels, batch=1000):
 def load(weights):
     """(classifier, the file its weights came from)."""
     if os.path.isdir(weights):
-        path = checkpoint_lib.latest(weights)
+        path = checkpoint_lib.newest_or_refuse(weights)
         network, _ = checkpoint_lib.load_averaged_model(path)
         return classifier(network), path
     network = model_lib.inference()

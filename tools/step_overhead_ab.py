@@ -2,9 +2,9 @@
 
     .venv/bin/python tools/step_overhead_ab.py [ROUNDS]
 
-Times, at batch 128 on synthetic data: the trainer's step (one compiled call a pass), the
+Times, at batch 128 on synthetic data: the replica's step (one compiled call a pass), the
 earlier three calls a step (rate, pass, step count and averages), the step without the moving
-averages, Keras's own compiled train step, and the trainer's step with --xla on. Each round runs
+averages, Keras's own compiled train step, and the replica's step with --xla on. Each round runs
 10 steps of every variant in turn (the first 2 untimed); the median and minimum step in ms are
 printed per variant. Used for docs/results/benchmark.md.
 """
@@ -23,35 +23,35 @@ BATCH = 128
 hvd.init()  # a one-rank job: the all-reduce is skipped, as at np=1
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
-trainer = Replica(StepConfig(batch_size=BATCH, lr_scaling="none"), 1, steps_per_epoch=1)
-xla_trainer = Replica(StepConfig(batch_size=BATCH, lr_scaling="none", xla="on"), 1,
+replica = Replica(StepConfig(batch_size=BATCH, lr_scaling="none"), 1, steps_per_epoch=1)
+xla_replica = Replica(StepConfig(batch_size=BATCH, lr_scaling="none", xla="on"), 1,
                       steps_per_epoch=1)
 batches = iter(pipeline.synthetic_dataset(BATCH, 0))
 
 
 def backward_pass(images, labels):
     with tf.GradientTape() as tape:
-        loss, _ = trainer.forward(images, labels)
-    trainer.optimizer.minimize(loss, trainer.model.trainable_variables, tape=tape)
+        loss, _ = replica.loss_and_logits(images, labels)
+    replica.optimizer.minimize(loss, replica.model.trainable_variables, tape=tape)
     return loss
 
 
-set_rate = tf.function(lambda: trainer.optimizer.learning_rate.assign(
-    trainer.schedule(trainer.global_step)))
+set_rate = tf.function(lambda: replica.optimizer.learning_rate.assign(
+    replica.schedule(replica.global_step)))
 separate_pass = tf.function(backward_pass)
 
 
 @tf.function
 def finish_step():
-    trainer.global_step.assign_add(1)
-    trainer.moving_averages.apply(trainer.model.trainable_variables)
+    replica.global_step.assign_add(1)
+    replica.moving_averages.apply(replica.model.trainable_variables)
 
 
 @tf.function
 def step_without_averages(images, labels):
-    trainer.optimizer.learning_rate.assign(trainer.schedule(trainer.global_step))
+    replica.optimizer.learning_rate.assign(replica.schedule(replica.global_step))
     loss = backward_pass(images, labels)
-    trainer.global_step.assign_add(1)
+    replica.global_step.assign_add(1)
     return loss
 
 
@@ -70,11 +70,11 @@ def three_calls():
 
 
 VARIANTS = {
-    "one call a pass (trainer)": lambda: trainer.step(batches)[0],
+    "one call a pass (replica)": lambda: replica.step(batches)[0],
     "three calls a step": three_calls,
     "no moving averages": lambda: step_without_averages(*next(batches)),
     "keras train step": lambda: keras_step(keras_batches)["loss"],
-    "--xla on": lambda: xla_trainer.step(batches)[0],
+    "--xla on": lambda: xla_replica.step(batches)[0],
 }
 
 seconds = {name: [] for name in VARIANTS}
