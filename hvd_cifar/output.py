@@ -43,6 +43,12 @@ class RunOutput:
         for leftover in train_dir_lib.remove_unfinished_checkpoints(self.train_dir):
             self.notes.append(f"removed {leftover}, a checkpoint a stopped run did not finish")
         self.previous_run = train_dir_lib.read_run_record(self.train_dir)
+        previous_optimizer = (self.previous_run or {}).get("optimizer", "sgd")
+        if self.previous_run and previous_optimizer != config.optimizer:
+            # The optimizers keep different state: one's checkpoint would mislead the other.
+            raise UserError(f"--train_dir {self.train_dir} was trained with --optimizer "
+                            f"{previous_optimizer}: resume it with --optimizer "
+                            f"{previous_optimizer}, or start over with --fresh")
         restored, notes = checkpoint_lib.restore_newest(checkpoint, self.train_dir,
                                                         use_fp16=config.use_fp16)
         self.notes += notes

@@ -46,6 +46,13 @@ class StepConfig(DeviceFlags, AllreduceFlags):
                                 "else 0)", non_negative_float)
     momentum: float = flag(0.0, "SGD momentum (the tutorial uses plain SGD)",
                            non_negative_float)
+    optimizer: str = flag("sgd", "sgd: the tutorial's SGD; lars: SGD whose step of each weight "
+                          "matrix is scaled by --trust_coefficient x |w| / |g| after the "
+                          "all-reduce (layer-wise adaptive rates, You et al. 2017; biases keep "
+                          "the global rate)", choices=("sgd", "lars"))
+    trust_coefficient: float = flag(0.001, "LARS's trust coefficient: a weight matrix's step "
+                                    "is this share of its norm, times the learning rate",
+                                    positive_float)
     use_fp16: bool = flag(False, "compute in float16 with float32 variables (mixed_float16, "
                           "GPUs) and dynamic loss scaling")
     backward_passes_per_step: int = flag(1, "backward passes whose gradients are summed "
@@ -118,7 +125,11 @@ class Replica:
         self.model = model_lib.inference(config.use_fp16)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         # The rate is set from the schedule before every step.
-        optimizer = tf.keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum)
+        if config.optimizer == "lars":
+            optimizer = LARS(config.trust_coefficient, learning_rate=config.lr,
+                             momentum=config.momentum)
+        else:
+            optimizer = tf.keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum)
         # Horovod: average gradients by ring all-reduce before every update (optionally in
         # float16 on the wire, optionally after several local backward passes).
         optimizer = hvd.DistributedOptimizer(
@@ -198,6 +209,33 @@ class Replica:
         # move this rank's data position).
         self.last_images = images
         return loss, accuracy
+
+
+class LARS(tf.keras.optimizers.SGD):
+    """SGD with layer-wise adaptive rate scaling (You, Gitman and Ginsburg 2017): the step of
+    each weight matrix (kernel) is scaled by trust_coefficient x |w| / |g|, so every layer moves
+    by a share of its own size whatever its gradient's scale; biases keep the global rate, as in
+    the paper. Under Horovod, g is the all-reduced (averaged) gradient, and it holds the
+    tutorial's weight decay, which is part of the loss."""
+
+    def __init__(self, trust_coefficient, **kwargs):
+        super().__init__(**kwargs)
+        self.trust_coefficient = trust_coefficient
+
+    def trust_ratio(self, gradient, variable):
+        if variable.shape.rank < 2:
+            return tf.constant(1.0, gradient.dtype)
+        weight_norm = tf.norm(tf.cast(variable, gradient.dtype))
+        gradient_norm = tf.norm(gradient)
+        return tf.where((weight_norm > 0) & (gradient_norm > 0),
+                        self.trust_coefficient * weight_norm / gradient_norm,
+                        tf.constant(1.0, gradient.dtype))
+
+    def update_step(self, gradient, variable):
+        super().update_step(gradient * self.trust_ratio(gradient, variable), variable)
+
+    def get_config(self):
+        return {**super().get_config(), "trust_coefficient": self.trust_coefficient}
 
 
 def check_loss(mean_loss, running_mean, step, replica):

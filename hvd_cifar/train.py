@@ -136,8 +136,8 @@ class Trainer:
                f"controller{' (elastic)' if elastic_state is not None else ''}, devices: "
                + ", ".join(f"{r}={d}" for r, d in enumerate(devices)))
         global_batch = config.batch_size * size * config.backward_passes_per_step  # Horovod:
-        record = {"ranks": size, "global_batch": global_batch,
-                  "steps_per_epoch": replica.steps_per_epoch, "lr_rule": replica.lr_rule,
+        record = {"ranks": size, "global_batch": global_batch, "lr_rule": replica.lr_rule,
+                  "steps_per_epoch": replica.steps_per_epoch, "optimizer": config.optimizer,
                   "momentum": config.momentum, "use_fp16": config.use_fp16}
         # Horovod: rank 0 opens the log and says how the run is set up.
         fail_together(lambda: self.output.open(replica, job, record, step, restored)

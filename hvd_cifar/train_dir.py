@@ -277,7 +277,8 @@ def write_run_record(train_dir, record):
 # The set-up a resume compares, with the words it uses for each.
 RECORDED = (("ranks", "ranks"), ("global_batch", "global batch"),
             ("steps_per_epoch", "steps an epoch"), ("lr_rule", "learning-rate rule"),
-            ("momentum", "--momentum"), ("use_fp16", "--use_fp16"))
+            ("momentum", "--momentum"), ("use_fp16", "--use_fp16"),
+            ("optimizer", "--optimizer"))
 
 
 def changes(previous, current):

@@ -82,6 +82,18 @@ def horovodrun(np_, controller, module, *args, **kwargs):
                 sys.executable, "-m", module, *map(str, args)], **kwargs)
 
 
+def one_step(out, ranks, batch_size, lr, passes=1, examples=16, optimizer="sgd"):
+    """Rank 0's weights before and after one step of tests/one_step.py (and alone, the
+    gradient at the start)."""
+    helper = [sys.executable, os.path.join(REPO_ROOT, "tests", "one_step.py"), str(out),
+              "--batch_size", str(batch_size), "--lr", str(lr), "--examples", str(examples),
+              "--passes", str(passes), "--optimizer", optimizer]
+    launcher = [os.path.join(BIN, "horovodrun"), "-np", str(ranks), "--gloo"] if ranks > 1 else []
+    result = run(launcher + helper)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return np.load(out)
+
+
 def error_lines(stderr):
     return [line for line in stderr.splitlines() if "hvd_cifar: error:" in line]
 

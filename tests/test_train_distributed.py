@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import (BIN, scalars, REPO_ROOT, assert_one_line_error, horovodrun, python_module, run,
-                     weights_digests)
+from helpers import (assert_one_line_error, horovodrun, one_step, python_module, run,
+                     scalars, weights_digests)
 
 
 # 5 files x 40 = 200 records: at 2 ranks x batch 16 a shard of 100 gives 6 steps an epoch.
@@ -55,17 +55,6 @@ def test_two_ranks_train_as_one_job_with_identical_weights_and_only_rank_0_write
     assert "global batch 32 (16 x 2 ranks x 1 passes), 6 steps an epoch" in output
 
 
-def one_step(out, ranks, batch_size, lr, passes=1, examples=16):
-    """Rank 0's weights before and after one step of tests/one_step.py."""
-    helper = [sys.executable, os.path.join(REPO_ROOT, "tests", "one_step.py"), str(out),
-              "--batch_size", str(batch_size), "--lr", str(lr), "--examples", str(examples),
-              "--passes", str(passes)]
-    launcher = [os.path.join(BIN, "horovodrun"), "-np", str(ranks), "--gloo"] if ranks > 1 else []
-    result = run(launcher + helper)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return np.load(out)
-
-
 @pytest.mark.parametrize("ranks, batch_size, lr, passes", [
     (2, 8, 0.05, 1),   # two ranks of 8 at 0.05 x 2 ranks
     (1, 8, 0.05, 2),   # one rank, two backward passes of 8 averaged locally, 0.05 x 2 passes
@@ -105,11 +94,13 @@ def test_the_logged_learning_rate_warms_up_linearly_to_lr_times_ranks(tiny_data,
     assert rates[15] == pytest.approx(0.2) and rates[20] == pytest.approx(0.2)
 
 
-def test_a_rerun_resumes_exactly_where_the_first_run_stopped(tiny_data, tmp_path):
-    uninterrupted = train_2_ranks("gloo", tiny_data, tmp_path / "a", "--max_steps", 20)
-    first = train_2_ranks("gloo", tiny_data, tmp_path / "b", "--max_steps", 10)
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_a_rerun_resumes_exactly_where_the_first_run_stopped(tiny_data, tmp_path, optimizer):
+    flags = ("--optimizer", optimizer, "--momentum", 0.9 if optimizer == "lars" else 0.0)
+    uninterrupted = train_2_ranks("gloo", tiny_data, tmp_path / "a", "--max_steps", 20, *flags)
+    first = train_2_ranks("gloo", tiny_data, tmp_path / "b", "--max_steps", 10, *flags)
     assert "starting at step 0" in first.stdout
-    resumed = train_2_ranks("gloo", tiny_data, tmp_path / "b", "--max_steps", 20)
+    resumed = train_2_ranks("gloo", tiny_data, tmp_path / "b", "--max_steps", 20, *flags)
     assert f"resuming from {tmp_path}/b/ckpt-10 at step 10" in resumed.stdout
     assert "finished at step 20" in resumed.stdout
     # Same data position, learning rate, optimizer and moving averages: the same weights.

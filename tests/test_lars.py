@@ -1,0 +1,73 @@
+"""Layer-wise adaptive rates (--optimizer lars): the step of each weight matrix against a hand
+computation, two ranks against one process on the union batch, and a resume that changes the
+optimizer. (Exact resume with LARS: test_train_distributed.py.)"""
+import os
+
+import numpy as np
+import pytest
+
+from helpers import assert_one_line_error, in_process, one_step, python_module
+from hvd_cifar import train as train_module
+
+TRUST = 0.001  # tests/one_step.py's default --trust_coefficient
+
+
+def test_a_lars_step_scales_each_weight_matrix_by_its_trust_ratio_and_biases_by_nothing(
+        tmp_path):
+    step = one_step(tmp_path / "lars.npz", 1, 16, 0.1, optimizer="lars")
+    rate = float(step["learning_rate"])
+    names = [str(step[k]) for k in sorted((k for k in step.files if k.startswith("name_")),
+                                          key=lambda k: int(k.split("_")[1]))]
+    assert len(names) == 10
+    for i, name in enumerate(names):
+        before, after, gradient = (step[f"{what}_{i}"] for what in ("before", "after",
+                                                                       "gradient"))
+        if before.ndim > 1:
+            ratio = TRUST * np.linalg.norm(before) / np.linalg.norm(gradient)
+            assert "kernel" in name
+        else:
+            ratio = 1.0
+            assert "bias" in name
+        np.testing.assert_allclose(after, before - rate * ratio * gradient, rtol=1e-4,
+                                   atol=1e-7, err_msg=name)
+    # Layer-wise: the kernels' ratios differ by orders of magnitude, so one global rate could
+    # not give every layer these steps.
+    kernels = [i for i, name in enumerate(names) if "kernel" in name]
+    moved = [np.linalg.norm(step[f"after_{i}"] - step[f"before_{i}"]) /
+             np.linalg.norm(step[f"before_{i}"]) for i in kernels]
+    np.testing.assert_allclose(moved, rate * TRUST, rtol=1e-3)
+
+
+def test_two_lars_ranks_take_the_step_of_one_process_on_the_union_batch(tmp_path):
+    distributed = one_step(tmp_path / "two.npz", 2, 8, 0.05, optimizer="lars")
+    single = one_step(tmp_path / "one.npz", 1, 16, 0.1, optimizer="lars")
+    for key in (k for k in single.files if k.startswith("after_")):
+        np.testing.assert_array_equal(single[key.replace("after", "before")],
+                                      distributed[key.replace("after", "before")])
+        np.testing.assert_allclose(distributed[key], single[key], rtol=1e-5, atol=1e-6)
+
+
+def test_resuming_with_another_optimizer_is_refused_naming_the_flag(tmp_path):
+    train_dir = tmp_path / "run"
+
+    def train(max_steps, *flags):
+        return python_module("hvd_cifar.train", "--synthetic", "--batch_size", 8,
+                             "--log_frequency", 1, "--train_dir", train_dir, "--max_steps",
+                             max_steps, *flags)
+
+    first = train(2, "--optimizer", "lars")
+    assert first.returncode == 0, first.stderr
+    files = sorted(os.listdir(train_dir))
+    assert_one_line_error(train(4), f"--train_dir {train_dir} was trained with --optimizer lars",
+                          "resume it with --optimizer lars, or start over with --fresh",
+                          status=1)
+    assert sorted(os.listdir(train_dir)) == files
+    resumed = train(4, "--optimizer", "lars")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout and "finished at step 4" in resumed.stdout
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_bad_trust_coefficient_is_named(value):
+    assert_one_line_error(in_process(train_module.main, "--trust_coefficient", value),
+                          "--trust_coefficient", status=2)
