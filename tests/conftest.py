@@ -20,7 +20,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from helpers import REPO_ROOT, write_cifar_dir  # noqa: E402
+from helpers import ENV, REPO_ROOT, write_cifar_dir  # noqa: E402
+from hvd_cifar.data import records  # noqa: E402
 
 CLUSTER = os.path.join(REPO_ROOT, "tests", "cluster")
 
@@ -112,6 +113,30 @@ def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     write_cifar_dir(str(root), train_per_file=40, num_test=30)
     return root
+
+
+# The run every evaluate, predict and export test reads: 80 training records of 10 named
+# classes, a test split that divides neither the eval batch (10) nor the ranks (2).
+TRAINED_TEST_RECORDS = 23
+TRAINED_CLASS_NAMES = [f"class{i}" for i in range(10)]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(data_dir, train_dir, test images, test labels) after 4 real training steps of batch 8,
+    logged every 2. Built once; tests read it (evaluations write their results into it)."""
+    root = tmp_path_factory.mktemp("trained")
+    batches_dir, arrays = write_cifar_dir(str(root), train_per_file=16,
+                                          num_test=TRAINED_TEST_RECORDS)
+    with open(os.path.join(batches_dir, records.META_FILE), "w") as f:
+        f.write("\n".join(TRAINED_CLASS_NAMES) + "\n")
+    train_dir = root / "run"
+    result = subprocess.run([sys.executable, "-m", "hvd_cifar.train", "--data_dir", str(root),
+                             "--train_dir", str(train_dir), "--max_steps", "4", "--batch_size",
+                             "8", "--log_frequency", "2", "--no_download"],
+                            capture_output=True, text=True, env=ENV, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    return (root, train_dir, *arrays["test_batch.bin"])
 
 
 @pytest.fixture(scope="module")

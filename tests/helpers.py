@@ -62,6 +62,18 @@ def python_module(module, *args, **kwargs):
     return run([sys.executable, "-m", module, *map(str, args)], **kwargs)
 
 
+# The flags of a short real run on tiny_data (200 records: 2 ranks x batch 16 = 6 steps an epoch).
+TRAIN_FLAGS = ["--batch_size", "16", "--no_download", "--seed", "3", "--log_frequency", "5"]
+
+
+def train_command(data_dir, train_dir, max_steps, ranks=2, controller="gloo", extra=()):
+    """horovodrun -np ranks python -m hvd_cifar.train on data_dir, as a command line."""
+    return [os.path.join(BIN, "horovodrun"), "-np", str(ranks), f"--{controller}",
+            os.path.join(BIN, "python"), "-m", "hvd_cifar.train", "--data_dir", str(data_dir),
+            "--train_dir", str(train_dir), "--max_steps", str(max_steps), *TRAIN_FLAGS,
+            *map(str, extra)]
+
+
 def in_process(main, *args):
     """A command's main(argv) run in this process, for what ends before any launcher or
     Horovod is involved (flags, help); its exit status and output, as run() gives them."""

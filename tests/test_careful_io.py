@@ -11,22 +11,9 @@ from PIL import Image
 
 from hvd_cifar import train
 from hvd_cifar.data import images
-from helpers import (ENV, REPO_ROOT, assert_one_line_error, in_process, python_module,
-                     write_cifar_dir)
+from helpers import ENV, REPO_ROOT, assert_one_line_error, in_process, python_module
 
 TRAIN_FLAGS = ["--batch_size", "8", "--no_download", "--log_frequency", "2"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(data_dir, train_dir) after 4 real training steps."""
-    root = tmp_path_factory.mktemp("careful")
-    write_cifar_dir(str(root), train_per_file=16, num_test=12)
-    train_dir = root / "run"
-    result = python_module("hvd_cifar.train", "--data_dir", root, "--train_dir", train_dir,
-                           "--max_steps", 4, *TRAIN_FLAGS)
-    assert result.returncode == 0, result.stderr
-    return root, train_dir
 
 
 def unwritable_for_root(path):
@@ -37,7 +24,7 @@ def unwritable_for_root(path):
 
 def test_evaluate_writes_everything_to_eval_dir_and_asks_for_it_on_a_read_only_run(
         trained, tmp_path):
-    data_dir, train_dir = trained
+    data_dir, train_dir, _, _ = trained
     unwritable_for_root(train_dir)
     try:
         before = sorted(os.listdir(train_dir))
@@ -59,7 +46,7 @@ def test_evaluate_writes_everything_to_eval_dir_and_asks_for_it_on_a_read_only_r
 
 
 def test_export_weights_refuses_an_existing_file_and_names_an_unwritable_path(trained, tmp_path):
-    _, train_dir = trained
+    _, train_dir, _, _ = trained
     existing = tmp_path / "mine.h5"
     existing.write_bytes(b"a user's file")
     refused = python_module("hvd_cifar.export", "--checkpoint_dir", train_dir, "--weights",
@@ -119,7 +106,7 @@ def test_float_flags_refuse_inf_and_nan(flag, value):
 
 
 def test_a_resume_says_what_changed_and_a_finished_run_says_so(trained, tmp_path):
-    data_dir, _ = trained
+    data_dir, _, _, _ = trained
     train_dir = tmp_path / "run"
     args = ["--data_dir", data_dir, "--train_dir", train_dir, *TRAIN_FLAGS]
     assert python_module("hvd_cifar.train", *args, "--max_steps", 4).returncode == 0
@@ -132,7 +119,7 @@ def test_a_resume_says_what_changed_and_a_finished_run_says_so(trained, tmp_path
 
 
 def test_a_precision_change_on_resume_is_said_or_names_use_fp16(trained, tmp_path):
-    data_dir, _ = trained
+    data_dir, _, _, _ = trained
     train_dir = tmp_path / "run"
     args = ["--data_dir", data_dir, "--train_dir", train_dir, *TRAIN_FLAGS]
     assert python_module("hvd_cifar.train", *args, "--max_steps", 2).returncode == 0
@@ -151,7 +138,7 @@ def test_a_precision_change_on_resume_is_said_or_names_use_fp16(trained, tmp_pat
 
 
 def test_evaluate_says_it_is_waiting_for_checkpoints(trained):
-    data_dir, train_dir = trained
+    data_dir, train_dir, _, _ = trained
     process = subprocess.Popen(
         [sys.executable, "-m", "hvd_cifar.evaluate", "--data_dir", str(data_dir),
          "--checkpoint_dir", str(train_dir), "--eval_interval_secs", "600"],

@@ -1,6 +1,5 @@
 """Evaluation (single and distributed), the evaluation loop, predict and export."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,27 +10,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from conftest import TRAINED_CLASS_NAMES, TRAINED_TEST_RECORDS as NUM_TEST
 from hvd_cifar import model as model_lib
-from hvd_cifar.data import records
-from helpers import (ENV, REPO_ROOT, assert_one_line_error, horovodrun, python_module, scalars,
-                     write_cifar_dir)
-
-NUM_TEST = 23  # divides neither the eval batch (10) nor the ranks (2)
-CLASS_NAMES = [f"class{i}" for i in range(10)]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(data_dir, train_dir, test images, test labels) after 3 real training steps."""
-    root = tmp_path_factory.mktemp("eval")
-    batches_dir, arrays = write_cifar_dir(str(root), train_per_file=16, num_test=NUM_TEST)
-    with open(os.path.join(batches_dir, records.META_FILE), "w") as f:
-        f.write("\n".join(CLASS_NAMES) + "\n")
-    train_dir = root / "run"
-    result = python_module("hvd_cifar.train", "--data_dir", root, "--train_dir", train_dir,
-                           "--max_steps", 3, "--batch_size", 8, "--no_download")
-    assert result.returncode == 0, result.stderr
-    return root, train_dir, *arrays["test_batch.bin"]
+from helpers import ENV, REPO_ROOT, assert_one_line_error, horovodrun, python_module, scalars
 
 
 def predictions_by_hand(train_dir, images):
@@ -63,13 +44,13 @@ def test_precision_equals_the_accuracy_computed_by_hand(trained):
     expected = float(np.mean(predicted == labels))
     assert f"precision @ 1 = {expected:.3f}" in result.stdout
     assert summary["precision_at_1"] == pytest.approx(expected)
-    assert summary["num_examples"] == NUM_TEST and summary["global_step"] == 3
-    assert summary["class_names"] == CLASS_NAMES
+    assert summary["num_examples"] == NUM_TEST and summary["global_step"] == 4
+    assert summary["class_names"] == TRAINED_CLASS_NAMES
     matrix = np.array(summary["confusion_matrix"])
     expected_matrix = np.zeros((10, 10), int)
     np.add.at(expected_matrix, (labels, predicted), 1)
     np.testing.assert_array_equal(matrix, expected_matrix)
-    for c, name in enumerate(CLASS_NAMES):
+    for c, name in enumerate(TRAINED_CLASS_NAMES):
         in_class = labels == c
         if in_class.any():
             assert summary["per_class_recall"][name] == pytest.approx(
@@ -132,7 +113,7 @@ def test_predict_classifies_good_images_and_names_the_bad_one(trained, tmp_path)
                            data_dir, first, second, broken)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    expected = CLASS_NAMES[predictions_by_hand(train_dir, images[:1])[0]]
+    expected = TRAINED_CLASS_NAMES[predictions_by_hand(train_dir, images[:1])[0]]
     assert lines[0].startswith(f"{first}: {expected} (")
     assert lines[1].startswith(f"{second}: class")
     assert len(lines) == 2
@@ -150,7 +131,7 @@ def test_predict_top_k_and_json(trained, tmp_path):
     for entries in ranked.values():
         probabilities = [e["probability"] for e in entries]
         assert len(entries) == 3 and probabilities == sorted(probabilities, reverse=True)
-        assert all(e["label"] in CLASS_NAMES for e in entries) and sum(probabilities) <= 1
+        assert all(e["label"] in TRAINED_CLASS_NAMES for e in entries) and sum(probabilities) <= 1
 
 
 def test_the_exported_savedmodel_gives_the_checkpoints_probabilities(trained, tmp_path):
@@ -159,13 +140,13 @@ def test_the_exported_savedmodel_gives_the_checkpoints_probabilities(trained, tm
     result = python_module("hvd_cifar.export", "--checkpoint_dir", train_dir, "--out", out,
                            "--data_dir", data_dir)
     assert result.returncode == 0, result.stderr
-    assert "SavedModel of step 3" in result.stdout
+    assert "SavedModel of step 4" in result.stdout
     serve = tf.saved_model.load(str(out)).signatures["serving_default"]
     for batch in (1, 5):  # any batch size
         outputs = serve(images=tf.constant(images[:batch]))
         assert outputs["probabilities"].shape == (batch, 10)
         np.testing.assert_allclose(outputs["probabilities"].numpy().sum(axis=1), 1, rtol=1e-5)
-    assert outputs["label_name"].numpy()[0].decode() in CLASS_NAMES
+    assert outputs["label_name"].numpy()[0].decode() in TRAINED_CLASS_NAMES
 
     paths = write_images(tmp_path / "images", images)[:2]
     from_checkpoint, from_savedmodel = (

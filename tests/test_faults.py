@@ -10,17 +10,10 @@ import time
 
 import pytest
 
-from helpers import (BIN, ENV, REPO_ROOT, assert_one_line_error, error_lines, fill, launched,
-                     python_module, trainer_pids, wait_for_step, wait_until_gone)
+from helpers import (ENV, REPO_ROOT, TRAIN_FLAGS, assert_one_line_error, error_lines, fill,
+                     launched, python_module, train_command, trainer_pids, wait_for_step,
+                     wait_until_gone)
 
-TRAIN_FLAGS = ["--batch_size", "16", "--no_download", "--seed", "3", "--log_frequency", "5"]
-
-
-def train_command(data_dir, train_dir, max_steps, ranks=2, controller="gloo", extra=()):
-    return [os.path.join(BIN, "horovodrun"), "-np", str(ranks), f"--{controller}",
-            os.path.join(BIN, "python"), "-m", "hvd_cifar.train", "--data_dir", str(data_dir),
-            "--train_dir", str(train_dir), "--max_steps", str(max_steps), *TRAIN_FLAGS,
-            *map(str, extra)]
 
 
 @pytest.mark.parametrize("controller", ["mpi", "gloo"])
