@@ -5,8 +5,8 @@
 #   TRAIN_DIR=runs/slurm-1234 sbatch slurm/eval.sh --eval_interval_secs 600   (follow a run)
 #
 # By default it evaluates once (--run_once) and writes TRAIN_DIR/eval.json; pass evaluator
-# flags after the script to change that. Environment: HVD_CIFAR_VENV, DATA_DIR, TRAIN_DIR, SRUN_MPI as
-# in slurm/train.sh. With several tasks each evaluates a shard and the counts are all-reduced.
+# flags after the script to change that. Environment: HVD_CIFAR_VENV, DATA_DIR, TRAIN_DIR,
+# SRUN_MPI as in slurm/train.sh. With several tasks each evaluates a shard and the counts are all-reduced.
 #
 #SBATCH --job-name=hvd_cifar-eval
 #SBATCH --nodes=1

@@ -8,7 +8,7 @@
 #
 # Every #SBATCH value below can be overridden on the sbatch command line. Environment (export
 # before sbatch, or sbatch --export=ALL,NAME=value):
-#   HVD_CIFAR_VENV       the environment holding hvd_cifar and Horovod (default: ./.venv)
+#   HVD_CIFAR_VENV  the environment holding hvd_cifar and Horovod (default: ./.venv)
 #   DATA_DIR   CIFAR-10 folder, best on a shared file system (default: data)
 #   TRAIN_DIR  checkpoints and events (default: runs/slurm-<job id>; the id survives a requeue,
 #              so a preempted job resumes where it was; set it to continue an older run)
