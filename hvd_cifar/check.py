@@ -50,8 +50,9 @@ class CheckConfig(DeviceFlags, TimelineFlags):
     data_url: str = flag(download.DATA_URL, "with --host_report: where a host without the data "
                          "would download it from")
     host_report: bool = flag(False, "print one line of key=value facts about this host "
-                             "(versions and Horovod build, GPUs, address, data) without starting "
-                             "Horovod, and exit; launch/check_cluster.sh compares the hosts' lines")
+                             "(versions and Horovod build, GPUs, address, data) without "
+                             "starting Horovod, and exit; launch/check_cluster.sh compares "
+                             "the hosts' lines")
     batch_size: int = flag(128, "examples a rank processes in one timed step", positive_int)
     step_seconds: float = flag(3.0, "how long each rank times its training step",
                                positive_float)
@@ -328,7 +329,8 @@ def run_checks(config):
 
     # This rank's own training step (forward and backward, no all-reduce), so a slow rank is
     # seen as itself rather than through the others waiting for it.
-    replica = Replica(StepConfig(batch_size=config.batch_size, lr_scaling="none", xla=config.xla), 1, 1)
+    replica = Replica(StepConfig(batch_size=config.batch_size, lr_scaling="none",
+                                 xla=config.xla), 1, 1)
     images = tf.random.normal([config.batch_size, pipeline.IMAGE_SIZE, pipeline.IMAGE_SIZE, 3],
                               seed=rank)
     labels = tf.random.uniform([config.batch_size], 0, 10, tf.int32, seed=rank)

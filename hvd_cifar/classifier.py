@@ -16,8 +16,9 @@ SHIPPED_WEIGHTS = os.path.join(SHIPPED_WEIGHTS_DIR, "cifar10_moving_averages.h5"
 def classifier(model):
     """uint8 images [n, 32, 32, 3] -> class probabilities [n, classes], the eval preprocessing
     inside, so a SavedModel of it needs nothing but pixels."""
-    @tf.function(input_signature=[tf.TensorSpec([None, records.ORIGINAL_SIZE, records.ORIGINAL_SIZE,
-                                                 records.DEPTH], tf.uint8, name="images")])
+    pixels = [None, records.ORIGINAL_SIZE, records.ORIGINAL_SIZE, records.DEPTH]
+
+    @tf.function(input_signature=[tf.TensorSpec(pixels, tf.uint8, name="images")])
     def probabilities(images):
         standardized = tf.map_fn(pipeline.eval_image, images, fn_output_signature=tf.float32)
         return tf.nn.softmax(tf.cast(model(standardized, training=False), tf.float32))
@@ -40,5 +41,6 @@ def load_classifier(checkpoint_dir):
             raise UserError(f"{checkpoint_dir}: cannot load the SavedModel ({error})") from None
         names = [n.decode() for n in exported.class_names.numpy()]
         return (lambda images: exported.serve(images)["probabilities"]), names
-    network, _ = checkpoint_lib.load_averaged_model(checkpoint_lib.newest_or_refuse(checkpoint_dir))
+    newest = checkpoint_lib.newest_or_refuse(checkpoint_dir)
+    network, _ = checkpoint_lib.load_averaged_model(newest)
     return classifier(network), None

@@ -219,7 +219,8 @@ def evaluate(config):
         evaluate_all(config, test_paths, names)
         return
     if config.run_once:
-        evaluate_once(config, checkpoint_lib.newest_or_refuse(config.checkpoint_dir), test_paths, names)
+        evaluate_once(config, checkpoint_lib.newest_or_refuse(config.checkpoint_dir), test_paths,
+                      names)
         return
     scalars_dir = config.eval_dir or os.path.join(config.checkpoint_dir, "eval")
     writer = None

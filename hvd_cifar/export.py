@@ -19,6 +19,9 @@ from hvd_cifar.command import UserError, flag, parse_command, run_command
 from hvd_cifar.files import staged_folder, write_atomically
 from hvd_cifar.classifier import classifier
 
+# Any number of uint8 CIFAR images, as they are stored.
+IMAGES_SHAPE = [None, records.ORIGINAL_SIZE, records.ORIGINAL_SIZE, records.DEPTH]
+
 
 class ServingModel(tf.Module):
     def __init__(self, network, class_names):
@@ -27,8 +30,7 @@ class ServingModel(tf.Module):
         self.class_names = tf.Variable(list(class_names), trainable=False, name="class_names")
         self.probabilities = classifier(network)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, records.ORIGINAL_SIZE, records.ORIGINAL_SIZE,
-                                                 records.DEPTH], tf.uint8, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec(IMAGES_SHAPE, tf.uint8, name="images")])
     def serve(self, images):
         probabilities = self.probabilities(images)
         label = tf.argmax(probabilities, axis=1, output_type=tf.int32)

@@ -94,7 +94,8 @@ def test_a_resumed_pipeline_replays_the_uninterrupted_batches(tmp_path):
     for (images, labels), (expected_images, expected_labels) in zip(resumed, uninterrupted[9:]):
         np.testing.assert_array_equal(labels, expected_labels)
         np.testing.assert_array_equal(images, expected_images)
-    other_seed = next(pipeline.train_dataset(paths, num_records, 4, 2, 1, seed=4).as_numpy_iterator())
+    other_seed = next(pipeline.train_dataset(paths, num_records, 4, 2, 1,
+                                             seed=4).as_numpy_iterator())
     assert not np.array_equal(other_seed[0], uninterrupted[0][0])
 
 

@@ -91,7 +91,8 @@ def test_an_archive_already_in_data_dir_is_verified_and_extracted_without_downlo
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / download.ARCHIVE_NAME).write_bytes(body)
-    batches_dir = download.ensure_batches_dir(str(data_dir), "http://127.0.0.1:9/unreachable", sha256)
+    batches_dir = download.ensure_batches_dir(str(data_dir), "http://127.0.0.1:9/unreachable",
+                                              sha256)
     assert records.split_files(batches_dir, "train")[1] == 20
 
 
@@ -107,7 +108,8 @@ def test_a_user_archive_with_the_wrong_checksum_is_kept_and_named(tmp_path, arch
 
 def test_extracted_data_is_used_as_it_is(tmp_path):
     write_cifar_dir(str(tmp_path))
-    batches_dir = download.ensure_batches_dir(str(tmp_path), "http://127.0.0.1:9/unreachable", fetch=True)
+    batches_dir = download.ensure_batches_dir(str(tmp_path), "http://127.0.0.1:9/unreachable",
+                                              fetch=True)
     assert records.split_files(batches_dir, "train")[1] == 200
 
 

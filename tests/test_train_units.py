@@ -83,7 +83,8 @@ def config(**overrides):
 @pytest.mark.parametrize("size", [1, 2, 8, 64])
 def test_linear_sqrt_and_no_scaling(size):
     assert replica_lib.scaled_learning_rate(0.1, size, "linear", 0)[0] == pytest.approx(0.1 * size)
-    assert replica_lib.scaled_learning_rate(0.1, size, "sqrt", 0)[0] == pytest.approx(0.1 * size ** .5)
+    assert replica_lib.scaled_learning_rate(0.1, size, "sqrt", 0)[0] == pytest.approx(
+        0.1 * size ** .5)
     assert replica_lib.scaled_learning_rate(0.1, size, "none", 0)[0] == pytest.approx(0.1)
 
 
