@@ -3,7 +3,7 @@
 Data: the UCI handwritten digits (1,797 8x8 greyscale images of 0-9) that ship inside the
 scikit-learn wheel, so nothing is downloaded at test time. Each digit is scaled 3x to 24x24,
 padded to 32x32x3 and written as CIFAR-10 records: 1,497 for training, 300 for the test.
-Measured here: precision @ 1 = 0.973 after 300 steps of 64 on CPU (chance is 0.10).
+After 300 steps of 64 the network must classify 85% of the test digits (chance is 10%).
 """
 import json
 import os

@@ -134,11 +134,15 @@ def wait_for_training(train_dir, job):
     pytest.fail(f"training did not start: {job.poll()}")
 
 
+# Tries of each launcher here; tools/ctrl_c_tries.py runs as many as asked (docs/results/faults.md).
+CTRL_C_TRIES = 2
+
+
 @pytest.mark.parametrize("launcher,signals", [("mpi", 1), ("gloo", 1), ("make", 2)])
-def test_ctrl_c_saves_a_checkpoint_five_times_in_five(tiny_data, tmp_path, launcher, signals):
-    """Five tries in a row; make (which trains through launch/local.sh) gets Ctrl-C twice,
-    0.2 s apart."""
-    for attempt in range(5):
+def test_ctrl_c_saves_a_checkpoint_at_every_try(tiny_data, tmp_path, launcher, signals):
+    """Tries in a row; make (which trains through launch/local.sh) gets Ctrl-C twice, 0.2 s
+    apart."""
+    for attempt in range(CTRL_C_TRIES):
         train_dir = tmp_path / f"run{attempt}"
         with launched(ctrl_c_command(launcher, tiny_data, train_dir)) as job:
             wait_for_training(train_dir, job)
@@ -238,7 +242,7 @@ except UserError as error:
 """
 
 
-@pytest.mark.parametrize("trial", range(10))
+@pytest.mark.parametrize("trial", range(4))
 def test_of_several_contenders_for_a_stale_lock_exactly_one_wins(tmp_path, trial):
     gone = subprocess.Popen(["true"])
     gone.wait()
