@@ -58,7 +58,7 @@ train: data
 
 test: install
 	bash tests/cluster/system_packages.sh
-	$(VENV_PYTHON) -m pytest -ra --durations=15 $(PYTEST_ARGS) tests
+	$(VENV_PYTHON) -m pytest -ra --durations=25 $(PYTEST_ARGS) tests
 
 # No launcher, no training process, no root, no ../shared (tests/conftest.py marks the others).
 test-fast: install
