@@ -43,12 +43,9 @@ HOROVOD_BUILD_RECORD = os.path.join(sys.prefix, "share", "hvd_cifar", "horovod_b
 
 
 @dataclasses.dataclass
-class CheckConfig(DeviceFlags, TimelineFlags):
-    data_dir: str = flag("data", "the training data folder every host must see (or be able "
-                         "to download into)")
+class CheckConfig(DeviceFlags, TimelineFlags, download.DataSourceFlags):
+    """The check's flags; the data flags are training's, so the check sees what it will."""
     train_dir: str = flag("runs/train", "the folder rank 0 will write checkpoints to")
-    data_url: str = flag(download.DATA_URL, "with --host_report: where a host without the data "
-                         "would download it from")
     host_report: bool = flag(False, "print one line of key=value facts about this host "
                              "(versions and Horovod build, GPUs, address, data) without "
                              "starting Horovod, and exit; launch/check_cluster.sh compares "
