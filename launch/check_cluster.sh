@@ -25,7 +25,7 @@ ssh_options=(-o BatchMode=yes -o ConnectTimeout="${SSH_TIMEOUT:-10}")
 
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 # One line of key=value pairs describing a host: what must match everywhere, and what it has.
-report="-m hvd_cifar.check --host_report --data_dir '$data_dir' --data_url '$data_url'"
+report_command="-m hvd_cifar.check --host_report --data_dir '$data_dir' --data_url '$data_url'"
 
 local_report=$(cd "$repo_root" && TF_CPP_MIN_LOG_LEVEL=3 "$python" -m hvd_cifar.check --host_report \
   --data_dir "$data_dir" --data_url "$data_url" 2>/dev/null | tail -n 1)
@@ -43,7 +43,7 @@ while read -r host slots; do
     continue
   fi
   report=$(ssh "${ssh_options[@]}" "$host" \
-    "cd '$repo_root' 2>/dev/null; TF_CPP_MIN_LOG_LEVEL=3 '$python' $report" \
+    "cd '$repo_root' 2>/dev/null; TF_CPP_MIN_LOG_LEVEL=3 '$python' $report_command" \
     </dev/null 2>/dev/null | tail -n 1)
   if [ -z "$report" ]; then
     problem "$host" "$python cannot import tensorflow and horovod there (install the same environment on every host)"
