@@ -15,7 +15,7 @@ import pytest
 from helpers import (BIN, ENV, REPO_ROOT, assert_one_line_error, error_lines, fill, launched,
                      python_module, wait_until_gone)
 
-from hvd_cifar import processes, train_dir as train_dir_lib
+from hvd_cifar import checkpoint as checkpoint_lib, processes, train_dir as train_dir_lib
 from hvd_cifar.command import UserError
 
 TRAIN_FLAGS = ["--batch_size", "16", "--no_download", "--seed", "3"]
@@ -56,10 +56,31 @@ def damage_index_file(train_dir, how):
         data_file.write_bytes(data_file.read_bytes()[:1000])
 
 
-@pytest.mark.parametrize("how", ["newest index deleted", "state file deleted",
-                                 "state file says hello", "state file names a missing ckpt-99",
-                                 "state file of garbage bytes", "state file empty",
-                                 "newest data truncated"])
+DAMAGES = ["newest index deleted", "state file deleted", "state file says hello",
+           "state file names a missing ckpt-99", "state file of garbage bytes", "state file empty",
+           "newest data truncated"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_the_finder_takes_the_newest_complete_checkpoint_whatever_the_damage(
+        three_checkpoints, tmp_path, how):
+    train_dir = tmp_path / "run"
+    shutil.copytree(three_checkpoints, train_dir)
+    damage_index_file(train_dir, how)
+    newest_complete = 20 if how in ("newest index deleted", "newest data truncated") else 30
+    found = checkpoint_lib.find(str(train_dir))
+    assert found.newest == f"{train_dir}/ckpt-{newest_complete}"
+    assert [p.rsplit("/", 1)[1] for p in found.complete] == [
+        f"ckpt-{step}" for step in range(10, newest_complete + 1, 10)]
+    assert checkpoint_lib.newest_or_none(str(train_dir)) == found.newest
+    assert [path for path, _ in found.damaged] == (
+        [] if newest_complete == 30 else [f"{train_dir}/ckpt-30"])
+
+
+# End to end, for a damaged checkpoint and a damaged list: evaluate reads the newest complete
+# checkpoint and training resumes from it (the other damages differ only in what the finder
+# sees, tested above).
+@pytest.mark.parametrize("how", ["newest data truncated", "state file says hello"])
 def test_a_damaged_checkpoint_index_resumes_from_the_newest_complete_checkpoint(
         three_checkpoints, tiny_data, tmp_path, how):
     train_dir = tmp_path / "run"
