@@ -10,11 +10,12 @@ SYNTHETIC_EXAMPLES_PER_EPOCH = 50_000
 
 
 def ready_data_and_count_steps(config, size, local_rank):
-    """Make the data ready on every host; the steps in one epoch of the global batch for size
-    ranks."""
+    """Make the data ready on every host; (the training files as (paths, records), or None for
+    synthetic data, and the steps in one epoch of the global batch for size ranks). The files
+    are checked here, once: reading their labels reads them whole."""
     passes = config.backward_passes_per_step
     if config.synthetic:
-        return max(1, SYNTHETIC_EXAMPLES_PER_EPOCH // (config.batch_size * size * passes))
+        return None, max(1, SYNTHETIC_EXAMPLES_PER_EPOCH // (config.batch_size * size * passes))
 
     def fetch():
         # Horovod: one process per host downloads or extracts; the others wait for it.
@@ -26,23 +27,23 @@ def ready_data_and_count_steps(config, size, local_rank):
 
     def count():
         batches_dir = download.ensure_batches_dir(config.data_dir, fetch=False)
-        _, num_records = records.split_files(batches_dir, "train")
+        paths, num_records = records.split_files(batches_dir, "train")
         # Horovod: every shard yields the same number of batches.
-        return pipeline.shard_sizes(num_records, config.batch_size, size)[1] // passes
+        steps = pipeline.shard_sizes(num_records, config.batch_size, size)[1] // passes
+        return (paths, num_records), steps
 
-    steps_per_epoch = fail_together(count)  # Horovod:
+    train_files, steps_per_epoch = fail_together(count)  # Horovod:
     if steps_per_epoch == 0:
         raise UserError(f"--backward_passes_per_step {passes} is more than the batches in one "
                         "epoch of a rank's shard")
-    return steps_per_epoch
+    return train_files, steps_per_epoch
 
 
-def rank_batches(config, size, rank, start_step):
-    """This rank's batches from start_step on."""
-    if config.synthetic:
+def rank_batches(config, train_files, size, rank, start_step):
+    """This rank's batches of train_files (None: synthetic) from start_step on."""
+    if train_files is None:
         return iter(pipeline.synthetic_dataset(config.batch_size, config.seed + rank))
-    batches_dir = download.ensure_batches_dir(config.data_dir, fetch=False)
-    paths, num_records = records.split_files(batches_dir, "train")
+    paths, num_records = train_files
     # Horovod: rank r reads shard r of size; rank 0's step decides every rank's position.
     return iter(pipeline.train_dataset(paths, num_records, config.batch_size, num_shards=size,
                                        shard_index=rank, seed=config.seed,

@@ -105,16 +105,16 @@ class Trainer:
         LauncherWatch(self.stop_request)
         self.watchdog = Watchdog(config.hang_timeout_secs, hvd.rank(), socket.gethostname())
         self.watchdog.on_hang = self.output.release
-        self.last_checkpoint_step = None
-        self.saved_on_request = None  # the step rank 0 wrote when a stop was requested
+        # saved_on_request: the step rank 0 wrote when a stop was requested.
+        self.last_checkpoint_step = self.saved_on_request = None
 
     def run(self, elastic_state=None):
         config, replica = self.config, self.replica
         rank, size = hvd.rank(), hvd.size()  # Horovod:
         self.is_chief = rank == 0  # Horovod: rank 0 alone writes, through self.output.
-        # Horovod: the workers (and with them the shards and the rate) are known only now in
-        # an elastic job; no collective may run before hvd.elastic.run has synced its state.
-        replica.rescale(size, ready_data_and_count_steps(config, size, hvd.local_rank()))
+        # Horovod: in an elastic job the workers (so the shards and rate) are known only now.
+        train_files, steps_per_epoch = ready_data_and_count_steps(config, size, hvd.local_rank())
+        replica.rescale(size, steps_per_epoch)
         restored = None
         if elastic_state is None or not elastic_state.set_up:
             # Horovod: rank 0 claims the train_dir and restores...
@@ -129,7 +129,7 @@ class Trainer:
             elastic_state.commit()
         step = int(replica.global_step.numpy())
         self.note_resume_point()
-        batches = rank_batches(config, size, rank, step)
+        batches = rank_batches(config, train_files, size, rank, step)
         # Horovod: collect each rank's device so rank 0 can show the whole job in one line.
         devices = hvd.allgather_object(self.device)
         job = (f"{size} ranks ({hvd.local_size()} on this host), {controller_name()} "  # Horovod:

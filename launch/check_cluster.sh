@@ -16,7 +16,6 @@
 set -uo pipefail
 hostfile=${1:?usage: launch/check_cluster.sh HOSTFILE}
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-python=$host_python
 data_dir=${DATA_DIR:-data}
 data_url=${DATA_URL:-https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz}
 ssh_options=(-o BatchMode=yes -o ConnectTimeout="${SSH_TIMEOUT:-10}")
@@ -27,9 +26,9 @@ field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 # One line of key=value pairs describing a host: what must match everywhere, and what it has.
 report_command="-m hvd_cifar.check --host_report --data_dir '$data_dir' --data_url '$data_url'"
 
-local_report=$(cd "$repo_root" && TF_CPP_MIN_LOG_LEVEL=3 "$python" -m hvd_cifar.check --host_report \
+local_report=$(cd "$repo_root" && TF_CPP_MIN_LOG_LEVEL=3 "$host_python" -m hvd_cifar.check --host_report \
   --data_dir "$data_dir" --data_url "$data_url" 2>/dev/null | tail -n 1)
-[ -n "$local_report" ] || { echo "hvd_cifar: error: $python cannot import tensorflow and horovod here" >&2; exit 2; }
+[ -n "$local_report" ] || { echo "hvd_cifar: error: $host_python cannot import tensorflow and horovod here" >&2; exit 2; }
 local_versions=$(field "$local_report" versions)
 local_gpus=$(field "$local_report" gpus)
 
@@ -43,10 +42,10 @@ while read -r host slots; do
     continue
   fi
   report=$(ssh "${ssh_options[@]}" "$host" \
-    "cd '$repo_root' 2>/dev/null; TF_CPP_MIN_LOG_LEVEL=3 '$python' $report_command" \
+    "cd '$repo_root' 2>/dev/null; TF_CPP_MIN_LOG_LEVEL=3 '$host_python' $report_command" \
     </dev/null 2>/dev/null | tail -n 1)
   if [ -z "$report" ]; then
-    problem "$host" "$python cannot import tensorflow and horovod there (install the same environment on every host)"
+    problem "$host" "$host_python cannot import tensorflow and horovod there (install the same environment on every host)"
     continue
   fi
   versions=$(field "$report" versions)

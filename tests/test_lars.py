@@ -30,8 +30,8 @@ def test_a_lars_step_scales_each_weight_matrix_by_its_trust_ratio_and_biases_by_
             assert "bias" in name
         np.testing.assert_allclose(after, before - rate * ratio * gradient, rtol=1e-4,
                                    atol=1e-7, err_msg=name)
-    # Layer-wise: the kernels' ratios differ by orders of magnitude, so one global rate could
-    # not give every layer these steps.
+    # Layer-wise: every kernel moves by the same share of its own norm, rate x trust, whatever
+    # its gradient's scale.
     kernels = [i for i, name in enumerate(names) if "kernel" in name]
     moved = [np.linalg.norm(step[f"after_{i}"] - step[f"before_{i}"]) /
              np.linalg.norm(step[f"before_{i}"]) for i in kernels]
