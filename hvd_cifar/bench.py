@@ -6,10 +6,12 @@
     python -m hvd_cifar.bench --model_scaling --compute_images_per_sec 242524
 
 The Horovod benchmark times, in one run and on every rank at once: a large float32 matmul (the
-machine's ceiling), the input pipeline alone, the all-reduce of one step's gradients, and the
-training step of train.py on synthetic batches and on the real input pipeline. Without
---data_dir the real pipeline reads CIFAR-format records generated into a temporary folder:
-the reader, the in-memory shard, the shuffle and the distortions are the ones training uses.
+machine's ceiling), each input path alone (per image, the reference; batched on the host; the
+device path's batch function, here on the CPU, and the host CPU it costs a step), the
+all-reduce of one step's gradients, and the training step of train.py on synthetic batches and
+on the host input path. Without --data_dir the inputs read CIFAR-format records generated
+into a temporary folder: the reader, the in-memory shard, the order and the distortions are the
+ones training uses.
 `make bench` (tools/bench_suite.py) runs it beside its peers and writes bench/results.*.
 """
 import dataclasses
@@ -87,14 +89,25 @@ def matmul_gflops(size=MATMUL_SIZE, repeats=MATMUL_REPEATS):
 
 
 def images_per_sec_of(batches, count, batch_size):
-    """Rate at which an iterator of batches delivers count batches (after two untimed ones)."""
+    """(images/s, milliseconds of this process's CPU time a batch) at which an iterator of
+    batches delivers count batches (after two untimed ones)."""
     for _ in range(2):
         next(batches)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(count):
         images, _ = next(batches)
     images.numpy()
-    return count * batch_size / (time.perf_counter() - start)
+    return (count * batch_size / (time.perf_counter() - start),
+            1000 * (time.process_time() - start_cpu) / count)
+
+
+def host_cpu_us_per_step_of_device_path(steps, count):
+    """Microseconds of host CPU the device path's input costs a step: making its step number
+    (the batch itself is built inside the step, on the device)."""
+    start_cpu = time.process_time()
+    for _ in range(count):
+        next(steps)
+    return 1e6 * (time.process_time() - start_cpu) / count
 
 
 def step_statistics(step_seconds, images_per_step, ranks):
@@ -121,10 +134,52 @@ def generated_cifar_dir(folder, seed):
     return batches_dir
 
 
-def real_input_batches(config, batches_dir, num_shards, shard_index):
+def per_image_dataset(paths, num_records, batch_size, num_shards, shard_index, seed):
+    """The tutorial's way, the reference the batched paths are measured against: a tf.data map
+    that picks, crops and distorts one image at a time with tf.image's stateless ops, then
+    batches the images."""
+    records_per_shard, steps_per_epoch = pipeline.shard_sizes(num_records, batch_size,
+                                                              num_shards)
+    examples_per_epoch = steps_per_epoch * batch_size
+    images, shard_labels = pipeline.shard_records(paths, num_records, num_shards, shard_index
+                                                  ).batch(records_per_shard).get_single_element()
+    with tf.device("/cpu:0"):
+        shard_images = tf.Variable(images, trainable=False)
+    crop_size = [pipeline.IMAGE_SIZE, pipeline.IMAGE_SIZE, records.DEPTH]
+
+    def example(position):
+        epoch, index_in_epoch = position // examples_per_epoch, position % examples_per_epoch
+        order_seed = tf.stack([tf.constant(seed, tf.int64), epoch * num_shards + shard_index])
+        record = tf.random.experimental.index_shuffle(index_in_epoch, order_seed,
+                                                      tf.constant(records_per_shard - 1, tf.int64))
+        crop, flip, brightness, contrast = tf.unstack(tf.random.experimental.stateless_split(
+            tf.stack([tf.constant(seed, tf.int64), position * num_shards + shard_index]), num=4))
+        image = tf.cast(tf.gather(shard_images, record), tf.float32)
+        image = tf.image.stateless_random_crop(image, crop_size, crop)
+        image = tf.image.stateless_random_flip_left_right(image, flip)
+        image = tf.image.stateless_random_brightness(image, pipeline.MAX_BRIGHTNESS_DELTA,
+                                                     brightness)
+        image = tf.image.stateless_random_contrast(image, pipeline.CONTRAST_LOWER,
+                                                   pipeline.CONTRAST_UPPER, contrast)
+        return tf.image.per_image_standardization(image), tf.gather(shard_labels, record)
+
+    return (tf.data.Dataset.range(0, pipeline.ENDLESS)
+            .map(example, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def input_paths(config, batches_dir, num_shards, shard_index):
+    """Iterators of this rank's batches by each input path: per-image (the reference), batched
+    on the host, and the device path's batch function called step by step."""
     paths, num_records = records.split_files(batches_dir, "train")
-    return iter(pipeline.train_dataset(paths, num_records, config.batch_size, num_shards,
-                                   shard_index, seed=shard_index))
+    shard = pipeline.Shard(paths, num_records, config.batch_size, num_shards, shard_index,
+                           seed=shard_index, device=None)
+    batch_of_step = tf.function(shard.batch_of_step)
+    return {"per_image": iter(per_image_dataset(paths, num_records, config.batch_size,
+                                                num_shards, shard_index, seed=shard_index)),
+            "host": iter(shard.host_dataset()),
+            "device": (batch_of_step(step) for step in pipeline.DeviceSteps(shard))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,8 +209,14 @@ def bench_horovod(config, scratch_dir):
     else:
         batches_dir = generated_cifar_dir(scratch_dir, seed=rank)
     barrier("before_input")
-    input_rate = total(images_per_sec_of(real_input_batches(config, batches_dir, size, rank),
-                                         2 * config.steps, config.batch_size), "input_rate")
+    # Horovod: every rank measures its own shard at once, as in training.
+    inputs, batches_by_path = {}, input_paths(config, batches_dir, size, rank)
+    for path, batches in batches_by_path.items():
+        rate, cpu_ms = images_per_sec_of(batches, 2 * config.steps, config.batch_size)
+        inputs[f"input_{path}_images_per_sec"] = round(total(rate, f"input_{path}"), 1)
+        inputs[f"input_{path}_cpu_ms_per_batch"] = round(cpu_ms, 3)
+    inputs["input_device_host_cpu_us_per_step"] = round(host_cpu_us_per_step_of_device_path(
+        pipeline.DeviceSteps(None), 1000), 2)
 
     step_config = StepConfig(batch_size=config.batch_size, lr_scaling="none",
                                    xla=config.xla, fp16_allreduce=config.fp16_allreduce)
@@ -178,7 +239,7 @@ def bench_horovod(config, scratch_dir):
     synthetic = step_statistics(timed_steps(iter(pipeline.synthetic_dataset(config.batch_size,
                                                                          rank))),
                                 global_batch, size)
-    real = step_statistics(timed_steps(real_input_batches(config, batches_dir, size, rank)),
+    real = step_statistics(timed_steps(batches_by_path["host"]),
                            global_batch, size)
 
     # Horovod: the step's all-reduce timed alone: one step's gradients, fused as in training.
@@ -205,7 +266,9 @@ def bench_horovod(config, scratch_dir):
         "devices": hvd.allgather_object(device),
         "real_input_images_per_sec": real["images_per_sec"],
         "real_input_step_time_ms_median": real["step_time_ms_median"],
-        "input_images_per_sec": round(input_rate, 1),
+        # the path training takes on a CPU: batched on the host
+        "input_images_per_sec": inputs["input_host_images_per_sec"],
+        **inputs,
         "input_source": batches_dir if config.data_dir else "generated records",
         "allreduce_ms": round(allreduce_ms, 2),
         "allreduce_fraction": round(min(1.0, allreduce_ms / synthetic["step_time_ms_median"]),

@@ -20,7 +20,7 @@ def classifier(model):
 
     @tf.function(input_signature=[tf.TensorSpec(pixels, tf.uint8, name="images")])
     def probabilities(images):
-        standardized = tf.map_fn(pipeline.eval_image, images, fn_output_signature=tf.float32)
+        standardized = pipeline.central_crop_batch(images)
         return tf.nn.softmax(tf.cast(model(standardized, training=False), tf.float32))
     return probabilities
 

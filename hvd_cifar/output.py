@@ -75,7 +75,9 @@ class RunOutput:
                   f"{config.backward_passes_per_step} passes), "
                   f"{record['steps_per_epoch']} steps an epoch, learning rate "
                   f"{replica.schedule.peak_lr:.4g} ({replica.lr_rule}), warm-up "
-                  f"{replica.warmup_steps} steps")
+                  f"{replica.warmup_steps} steps"
+                  + (f", distortions on the {record['augment_on']}" if record.get("augment_on")
+                     else ""))
         for note in self.notes:
             self.line(f"hvd_cifar: {note}")
         self.notes = []
@@ -114,7 +116,7 @@ class RunOutput:
     def write_step(self, step, values):
         self.log.step(step, values)
         if self.config.summary_histograms:
-            write_histograms(self.replica.model, self.replica.last_images, self.log.writer, step)
+            write_histograms(self.replica.model, self.replica.last_images(), self.log.writer, step)
 
     def write_checkpoint(self, step):
         """Checkpoint step (once); a failure removes the partial one and names the room."""
@@ -164,9 +166,10 @@ class Log:
                 pass
 
     def step(self, step, values):
-        text = ("%s: step %d, loss = %.2f (%.1f examples/sec; %.3f sec/batch)"
-                % (datetime.datetime.now(), step, values["loss"], values["examples_per_sec"],
-                   values["sec_per_batch"]))
+        text = ("%s: step %d, loss = %.2f (%.1f examples/sec; %.3f sec/batch; %.0f%% waiting "
+                "for input)" % (datetime.datetime.now(), step, values["loss"],
+                                values["examples_per_sec"], values["sec_per_batch"],
+                                100 * values["input_wait_share"]))
         self.line(text, to_stdout=self.progress is None)
         if self.progress is not None:
             # Keras ends the bar with a newline when step reaches max_steps.

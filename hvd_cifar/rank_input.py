@@ -1,6 +1,8 @@
 """Each rank's input: the data made ready on every host, the steps in an epoch of the global
 batch, and the rank's own shard of batches from a given step on (a batch is a pure function of
 the step, so a resumed or resized run reads on where it was)."""
+import tensorflow as tf
+
 from hvd_cifar.command import UserError
 from hvd_cifar.data import download, pipeline, records
 from hvd_cifar.distributed import fail_together
@@ -39,12 +41,28 @@ def ready_data_and_count_steps(config, size, local_rank):
     return train_files, steps_per_epoch
 
 
+def augmentation_place(config):
+    """'device' or 'host': where --augment_on puts the distortions (auto: device on a GPU);
+    None for synthetic data."""
+    if config.synthetic:
+        return None
+    if config.augment_on != "auto":
+        return config.augment_on
+    return "device" if tf.config.list_logical_devices("GPU") else "host"
+
+
 def rank_batches(config, train_files, size, rank, start_step):
-    """This rank's batches of train_files (None: synthetic) from start_step on."""
+    """This rank's batches of train_files (None: synthetic) from start_step on: (images,
+    labels) built on the host, or step numbers whose batches the device builds."""
     if train_files is None:
         return iter(pipeline.synthetic_dataset(config.batch_size, config.seed + rank))
     paths, num_records = train_files
-    # Horovod: rank r reads shard r of size; rank 0's step decides every rank's position.
-    return iter(pipeline.train_dataset(paths, num_records, config.batch_size, num_shards=size,
-                                       shard_index=rank, seed=config.seed,
-                                       start_step=start_step * config.backward_passes_per_step))
+    on_device = augmentation_place(config) == "device"
+    # Horovod: rank r keeps shard r of size; rank 0's step decides every rank's position.
+    shard = pipeline.Shard(paths, num_records, config.batch_size, num_shards=size,
+                           shard_index=rank, seed=config.seed,
+                           device=None if on_device else "/cpu:0")
+    first_batch = start_step * config.backward_passes_per_step
+    if on_device:
+        return pipeline.DeviceSteps(shard, first_batch)
+    return iter(shard.host_dataset(first_batch))

@@ -6,6 +6,7 @@ Trainer drives it, bench.py times it.
 import dataclasses
 import hashlib
 import math
+import time
 
 import tensorflow as tf
 import horovod.tensorflow as hvd
@@ -58,6 +59,11 @@ class StepConfig(DeviceFlags, AllreduceFlags):
     backward_passes_per_step: int = flag(1, "backward passes whose gradients are summed "
                                          "locally before one all-reduce and update",
                                          positive_int)
+    augment_on: str = flag("auto", "where the training batches are cropped and distorted: "
+                           "device (the rank's shard kept in its GPU's memory, each batch built "
+                           "inside the training step), host (whole batches built by tf.data on "
+                           "the CPU); auto: device on a GPU, else host",
+                           choices=("auto", "host", "device"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +163,8 @@ class Replica:
         # all-reduce: Horovod registers XLA kernels for GPU builds only, and on CPU a compiled
         # HorovodAllreduce fails ("No registered 'HorovodAllreduce' OpKernel for XLA_CPU_JIT").
         self.loss_and_logits = tf.function(self._loss_and_logits, jit_compile=jit_compile)
-        self.size = self.steps_per_epoch = None
+        self.size = self.steps_per_epoch = self.device_shard = self.last_inputs = None
+        self.input_wait_seconds = 0.0
         if size is not None:
             self.rescale(size, steps_per_epoch)
 
@@ -171,6 +178,13 @@ class Replica:
         # Traced anew: the schedule's numbers are constants of the compiled pass.
         self.train_pass = tf.function(self._train_pass)
 
+    def feed_from(self, batches):
+        """Train from batches: an iterator of (images, labels) built on the host, or of step
+        numbers whose batches the device path's shard builds inside the compiled pass."""
+        self.device_shard = getattr(batches, "shard", None)
+        # Traced anew: the shard is a constant of the compiled pass.
+        self.train_pass = tf.function(self._train_pass)
+
     def state_variables(self):
         return (self.model.variables + list(self.optimizer.variables) +
                 self.averaged_variables + [self.global_step])
@@ -182,9 +196,14 @@ class Replica:
         logits = self.model(images, training=True)
         return model_lib.loss(self.model, logits, labels), logits
 
-    def _train_pass(self, images, labels, first, last):
+    def batch_of(self, inputs):
+        """(images, labels) of one pass's inputs."""
+        return inputs if self.device_shard is None else self.device_shard.batch_of_step(inputs)
+
+    def _train_pass(self, inputs, first, last):
         """One backward pass, compiled as one call (the per-call cost is paid once a pass): the
         first of a step sets its rate, the last advances the step and the averages."""
+        images, labels = self.batch_of(inputs)
         if first:
             self.optimizer.learning_rate.assign(self.schedule(self.global_step))
         with tf.GradientTape() as tape:
@@ -202,13 +221,22 @@ class Replica:
         """One synchronized update from backward_passes_per_step batches; (loss, accuracy)."""
         passes = self.config.backward_passes_per_step
         for index in range(passes):
-            images, labels = next(batches)
-            loss, accuracy = self.train_pass(images, labels, first=index == 0,
-                                             last=index == passes - 1)
+            waiting_since = time.perf_counter()
+            inputs = next(batches)
+            self.input_wait_seconds += time.perf_counter() - waiting_since
+            loss, accuracy = self.train_pass(inputs, first=index == 0, last=index == passes - 1)
         # The batch just trained on, for activation histograms (drawing another batch would
         # move this rank's data position).
-        self.last_images = images
+        self.last_inputs = inputs
         return loss, accuracy
+
+    def last_images(self):
+        return self.batch_of(self.last_inputs)[0]
+
+    def take_input_wait(self):
+        """Seconds spent waiting for the next batch since the last call."""
+        waited, self.input_wait_seconds = self.input_wait_seconds, 0.0
+        return waited
 
 
 class LARS(tf.keras.optimizers.SGD):

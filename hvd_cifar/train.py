@@ -6,8 +6,7 @@
 Every rank pins one GPU (or a share of the CPU cores), builds the same network (a Replica),
 reads its own shard and averages gradients with the others through hvd.DistributedOptimizer.
 Rank 0 alone writes, through a RunOutput (output.py). Read from train() down: set up, then the
-Trainer's run: input, restore, loop, finish. Every line that exists because of distribution is
-marked `# Horovod:` (grep -n "Horovod:" hvd_cifar/train.py).
+Trainer's run: input, restore, loop, finish. Distributed lines are marked `# Horovod:`.
 """
 import dataclasses
 import os
@@ -26,7 +25,7 @@ from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Wat
                                    controller_name, barrier, fail_together, lost_peer_reason,
                                    pin_devices, set_launch_defaults, set_timeline)
 from hvd_cifar.output import RunOutput
-from hvd_cifar.rank_input import ready_data_and_count_steps, rank_batches
+from hvd_cifar.rank_input import augmentation_place, ready_data_and_count_steps, rank_batches
 from hvd_cifar.replica import Replica, StepConfig, check_loss, weights_digest
 
 # Longer than anything a healthy rank waits for between two marks of the watchdog: a
@@ -56,9 +55,8 @@ class TrainConfig(StepConfig, TimelineFlags, download.DataSourceFlags):
     take_over_train_dir: bool = flag(False, "take the train_dir over even though its lock "
                                      "says another run is using it (only when that run is gone)")
     hang_timeout_secs: float = flag(DEFAULT_HANG_TIMEOUT_SECONDS, "end the job when a rank has "
-                                    "waited this long for a step, its all-reduce or a "
-                                    "checkpoint (another rank hangs); 0 never does",
-                                    non_negative_float)
+                                    "waited this long for a step, its all-reduce or a checkpoint "
+                                    "(another rank hangs); 0 never does", non_negative_float)
     summary_histograms: bool = flag(False, "also write the tutorial's activation histograms "
                                     "and sparsity at every log step")
     elastic: bool = flag(False, "keep training while workers leave or join: run under "
@@ -130,6 +128,7 @@ class Trainer:
         step = int(replica.global_step.numpy())
         self.note_resume_point()
         batches = rank_batches(config, train_files, size, rank, step)
+        replica.feed_from(batches)
         # Horovod: collect each rank's device so rank 0 can show the whole job in one line.
         devices = hvd.allgather_object(self.device)
         job = (f"{size} ranks ({hvd.local_size()} on this host), {controller_name()} "  # Horovod:
@@ -138,7 +137,8 @@ class Trainer:
         global_batch = config.batch_size * size * config.backward_passes_per_step  # Horovod:
         record = {"ranks": size, "global_batch": global_batch, "lr_rule": replica.lr_rule,
                   "steps_per_epoch": replica.steps_per_epoch, "optimizer": config.optimizer,
-                  "momentum": config.momentum, "use_fp16": config.use_fp16}
+                  "momentum": config.momentum, "use_fp16": config.use_fp16,
+                  "augment_on": augmentation_place(config)}
         # Horovod: rank 0 opens the log and says how the run is set up.
         fail_together(lambda: self.output.open(replica, job, record, step, restored)
                       if self.is_chief else None)
@@ -163,8 +163,7 @@ class Trainer:
     def loop(self, step, batches, global_batch, elastic_state):
         """Train from step to max_steps; the step reached."""
         config, replica = self.config, self.replica
-        interval_losses, interval_accuracies = [], []
-        running_loss = None
+        interval_losses, interval_accuracies, running_loss = [], [], None
         interval_start = time.perf_counter()
         # Tracing (and compiling) the first step takes every rank long: not a hang.
         self.watchdog.waiting_for(step + 1, "the first training step (traced and compiled) and "
@@ -188,17 +187,18 @@ class Trainer:
                 continue
             self.watchdog.waiting_for(step, "the all-reduce of the logged loss")
             received = self.stop_request.signal_number
-            # Horovod: losses and accuracies are averaged over ranks, so all ranks see one
+            elapsed = time.perf_counter() - interval_start
+            # Horovod: loss, accuracy and input wait are averaged over ranks, so all see one
             # number; a stop request (SIGINT or SIGTERM) on any rank makes its share non-zero.
-            mean_loss, mean_accuracy, interrupted, terminated = (float(v) for v in hvd.allreduce(
-                tf.stack([tf.reduce_mean(interval_losses), tf.reduce_mean(interval_accuracies),
-                          float(received == signal.SIGINT), float(received == signal.SIGTERM)]),
-                op=hvd.Average, name="interval_metrics"))
+            mean_loss, mean_accuracy, input_wait, interrupted, terminated = (
+                float(v) for v in hvd.allreduce(tf.stack(
+                    [tf.reduce_mean(interval_losses), tf.reduce_mean(interval_accuracies),
+                     replica.take_input_wait() / elapsed, float(received == signal.SIGINT),
+                     float(received == signal.SIGTERM)]), op=hvd.Average, name="interval_metrics"))
             check_loss(mean_loss, running_loss, step, replica)
             running_loss = (mean_loss if running_loss is None
                             else 0.9 * running_loss + 0.1 * mean_loss)
-            elapsed = time.perf_counter() - interval_start
-            values = {"loss": mean_loss, "accuracy": mean_accuracy,
+            values = {"loss": mean_loss, "accuracy": mean_accuracy, "input_wait_share": input_wait,
                       # the rate of the update that made this step
                       "learning_rate": float(replica.schedule(step - 1)),
                       "examples_per_sec": global_batch * len(interval_losses) / elapsed,
