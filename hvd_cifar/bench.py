@@ -22,7 +22,6 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 
 import tensorflow as tf
 
@@ -121,19 +120,6 @@ def step_statistics(step_seconds, images_per_step, ranks):
             "step_time_ms_p90": round(milliseconds[math.ceil(0.9 * len(milliseconds)) - 1], 2)}
 
 
-def generated_cifar_dir(folder, seed):
-    """A cifar-10-batches-bin/ whose training files hold GENERATED_RECORDS random records each."""
-    batches_dir = os.path.join(folder, records.BATCHES_DIR)
-    os.makedirs(batches_dir)
-    generator = np.random.default_rng(seed)
-    for name in records.TRAIN_FILES:
-        images = generator.integers(0, 256, (GENERATED_RECORDS, records.ORIGINAL_SIZE,
-                                             records.ORIGINAL_SIZE, records.DEPTH), dtype=np.uint8)
-        labels = generator.integers(0, records.NUM_CLASSES, GENERATED_RECORDS, dtype=np.uint8)
-        records.write_records(os.path.join(batches_dir, name), images, labels)
-    return batches_dir
-
-
 def per_image_dataset(paths, num_records, batch_size, num_shards, shard_index, seed):
     """The tutorial's way, the reference the batched paths are measured against: a tf.data map
     that picks, crops and distorts one image at a time with tf.image's stateless ops, then
@@ -207,7 +193,8 @@ def bench_horovod(config, scratch_dir):
     if config.data_dir:
         batches_dir = download.ensure_batches_dir(config.data_dir, fetch=False)
     else:
-        batches_dir = generated_cifar_dir(scratch_dir, seed=rank)
+        batches_dir = records.write_random_batches_dir(scratch_dir, GENERATED_RECORDS,
+                                                       seed=rank)
     barrier("before_input")
     # Horovod: every rank measures its own shard at once, as in training.
     inputs, batches_by_path = {}, input_paths(config, batches_dir, size, rank)

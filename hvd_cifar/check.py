@@ -6,9 +6,9 @@
     sbatch slurm/check.sh
 
 Every rank checks its GPUs against nvidia-smi, compiles with XLA, takes part in an all-reduce
-and a broadcast whose results are known, times the all-reduce of one step's gradients and its
-own training step, and looks at the data; launched by mpirun or srun it also checks MPI alone
-(mpi4py). Rank 0 prints one line a check, PASS / WARN / FAIL, then the verdict (--json: one
+and a broadcast whose results are known, times the all-reduce of one step's gradients, its own
+training step and its input (a warning when the input is the slower), and looks at the data;
+launched by mpirun or srun it also checks MPI alone (mpi4py). Rank 0 prints one line a check, PASS / WARN / FAIL, then the verdict (--json: one
 JSON object, the last line). Exit status 0 for pass or warn, 1 for fail.
 """
 import dataclasses
@@ -20,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -29,6 +30,8 @@ from hvd_cifar.data import download, pipeline, records
 from hvd_cifar.command import (DeviceFlags, TimelineFlags, UserError, first_line, flag,
                                parse_command, positive_float, positive_int, run_command, say)
 
+# Random records in each training file when the check has no data to measure the input on.
+INPUT_RECORDS = 1_000
 # A GPU below this compute capability gains little from float16 (no tensor cores).
 MIXED_PRECISION_CAPABILITY = (7, 0)
 # A rank whose training step is this much slower than the median one holds the others back.
@@ -43,7 +46,7 @@ HOROVOD_BUILD_RECORD = os.path.join(sys.prefix, "share", "hvd_cifar", "horovod_b
 
 
 @dataclasses.dataclass
-class CheckConfig(DeviceFlags, TimelineFlags, download.DataSourceFlags):
+class CheckConfig(DeviceFlags, TimelineFlags, download.DataSourceFlags, pipeline.AugmentFlags):
     """The check's flags; the data flags are training's, so the check sees what it will."""
     train_dir: str = flag("runs/train", "the folder rank 0 will write checkpoints to")
     host_report: bool = flag(False, "print one line of key=value facts about this host "
@@ -202,6 +205,50 @@ def straggler_verdict(rows):
     return "PASS", summary
 
 
+def input_verdict(rows):
+    """(status, detail) from every rank's input rate against its training step's: a rank whose
+    input is slower waits for it at every step."""
+    slow = [row for row in rows if row["input_images_per_sec"] < row["images_per_sec"]]
+    if slow:
+        return "WARN", "; ".join(
+            f"rank {row['rank']} on {row['host']}: its input (distortions on the "
+            f"{row['augment_on']}) gives {row['input_images_per_sec']:,.0f} images/s, its "
+            f"training step takes {row['images_per_sec']:,.0f}, so the step waits for input"
+            + (" (use --augment_on device, or give each rank more cores: "
+               f"{row['cores']} cores for {row['local_size']} ranks on this host)"
+               if row["augment_on"] == "host" else "") for row in slow)
+    margin = min(row["input_images_per_sec"] / row["images_per_sec"] for row in rows)
+    places = sorted({row["augment_on"] for row in rows})
+    return "PASS", (f"input outpaces the training step on every rank, at least {margin:.1f}x "
+                    f"(distortions on the {' and '.join(places)})")
+
+
+def input_images_per_sec(config, rank, size, place, seconds):
+    """This rank's input rate (batches of its shard where --augment_on puts them), from the
+    data when there is some, else from random records."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="hvd_cifar-check-") as scratch:
+        batches_dir = os.path.join(config.data_dir, records.BATCHES_DIR)
+        if data_verdict(config.data_dir)[0] != "PASS" or not os.path.isdir(batches_dir):
+            batches_dir = records.write_random_batches_dir(scratch, INPUT_RECORDS, seed=rank)
+        paths, num_records = records.split_files(batches_dir, "train")
+        shard = pipeline.Shard(paths, num_records, config.batch_size, size, rank,
+                               device=None if place == "device" else "/cpu:0")
+        if place == "device":
+            batch_of_step = tf.function(shard.batch_of_step)
+            batches = (batch_of_step(step) for step in pipeline.DeviceSteps(shard))
+        else:
+            batches = iter(shard.host_dataset())
+        next(batches)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or count < 3:
+            images, _ = next(batches)
+            count += 1
+        images.numpy()
+        return count * config.batch_size / (time.perf_counter() - start)
+
+
 def data_verdict(data_dir):
     """(status, detail) of the data as this host sees it."""
     batches_dir = os.path.join(data_dir, records.BATCHES_DIR)
@@ -344,12 +391,16 @@ def run_checks(config):
         local_step().numpy()
         steps += 1
     images_per_sec = steps * config.batch_size / (time.perf_counter() - start)
+    augment_on = pipeline.augmentation_place(config.augment_on)
+    input_rate = input_images_per_sec(config, rank, size, augment_on, config.step_seconds)
 
     facts = {"rank": rank, "host": host, "device": device, "images_per_sec":
              round(images_per_sec, 1), "gpu": gpu_status, "capability": capability,
              "driver": driver_verdict(host, rank, smi, horovod_build_cuda()),
              "xla": xla, "correct": correct, "data": data_verdict(config.data_dir),
-             "mpi": mpi, "tf_gpus": len(tf_gpus)}
+             "mpi": mpi, "tf_gpus": len(tf_gpus), "augment_on": augment_on,
+             "input_images_per_sec": round(input_rate, 1), "cores": len(os.sched_getaffinity(0)),
+             "local_size": local_size}
     every_rank = hvd.allgather_object(facts)  # Horovod: rank 0 reports for all
     if rank != 0:
         return None, every_rank
@@ -415,6 +466,7 @@ def report(config, every_rank, allreduce, versions):
     else:
         add("bandwidth", "PASS", "one rank: nothing crosses a link")
     add("stragglers", *straggler_verdict(every_rank))
+    add("input", *input_verdict(every_rank))
     add("train_dir", *train_dir_verdict(config.train_dir))
     data_rows = [(f["host"], f["data"]) for f in every_rank]
     worst = max(data_rows, key=lambda row: ("PASS", "WARN", "FAIL").index(row[1][0]))
@@ -427,7 +479,8 @@ def report(config, every_rank, allreduce, versions):
     verdict = "fail" if "FAIL" in statuses else "warn" if "WARN" in statuses else "pass"
     return {"ranks": ranks, "hosts": sorted({f["host"] for f in every_rank}),
             "verdict": verdict, "checks": checks,
-            "per_rank": [{key: f[key] for key in ("rank", "host", "device", "images_per_sec")}
+            "per_rank": [{key: f[key] for key in ("rank", "host", "device", "images_per_sec",
+                                                  "augment_on", "input_images_per_sec")}
                          for f in every_rank],
             "allreduce": allreduce, "versions": versions}
 

@@ -1,8 +1,6 @@
 """Each rank's input: the data made ready on every host, the steps in an epoch of the global
 batch, and the rank's own shard of batches from a given step on (a batch is a pure function of
 the step, so a resumed or resized run reads on where it was)."""
-import tensorflow as tf
-
 from hvd_cifar.command import UserError
 from hvd_cifar.data import download, pipeline, records
 from hvd_cifar.distributed import fail_together
@@ -42,13 +40,8 @@ def ready_data_and_count_steps(config, size, local_rank):
 
 
 def augmentation_place(config):
-    """'device' or 'host': where --augment_on puts the distortions (auto: device on a GPU);
-    None for synthetic data."""
-    if config.synthetic:
-        return None
-    if config.augment_on != "auto":
-        return config.augment_on
-    return "device" if tf.config.list_logical_devices("GPU") else "host"
+    """'device' or 'host': where the distortions run; None for synthetic data."""
+    return None if config.synthetic else pipeline.augmentation_place(config.augment_on)
 
 
 def rank_batches(config, train_files, size, rank, start_step):

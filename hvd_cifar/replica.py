@@ -14,6 +14,7 @@ import horovod.tensorflow as hvd
 from hvd_cifar import checkpoint as checkpoint_lib, model as model_lib
 from hvd_cifar.command import (AllreduceFlags, DeviceFlags, UserError, flag, non_negative_float,
                                positive_float, positive_int)
+from hvd_cifar.data import pipeline
 
 # The tutorial's cifar10.py constants describing the training process.
 INITIAL_LEARNING_RATE = 0.1        # Initial learning rate (per worker, before scaling).
@@ -31,7 +32,7 @@ LOSS_EXPLOSION_FACTOR = 4.0
 
 
 @dataclasses.dataclass
-class StepConfig(DeviceFlags, AllreduceFlags):
+class StepConfig(DeviceFlags, AllreduceFlags, pipeline.AugmentFlags):
     """The flags of the training step and its learning rate (train.py adds the loop's)."""
     batch_size: int = flag(128, "examples a rank processes in one backward pass; the global "
                            "batch is batch_size x ranks x backward_passes_per_step", positive_int)
@@ -59,11 +60,6 @@ class StepConfig(DeviceFlags, AllreduceFlags):
     backward_passes_per_step: int = flag(1, "backward passes whose gradients are summed "
                                          "locally before one all-reduce and update",
                                          positive_int)
-    augment_on: str = flag("auto", "where the training batches are cropped and distorted: "
-                           "device (the rank's shard kept in its GPU's memory, each batch built "
-                           "inside the training step), host (whole batches built by tf.data on "
-                           "the CPU); auto: device on a GPU, else host",
-                           choices=("auto", "host", "device"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from hvd_cifar import check, model as model_lib
 from helpers import BIN, horovodrun, link_bytes, python_module, run
 
 CHECK_NAMES = ["gpus", "compute_capability", "xla", "allreduce", "bandwidth", "stragglers",
-               "train_dir", "data"]
+               "input", "train_dir", "data"]
 QUICK = ["--step_seconds", "0.5", "--allreduce_repeats", "5", "--batch_size", "16"]
 
 
@@ -115,6 +115,24 @@ def test_the_horovod_build_record_is_read_from_the_environment(tmp_path, monkeyp
     assert check.horovod_build_cuda() is None
     record.write_text('{"build": "nccl", "cuda": "13.0"}')
     assert check.horovod_build_cuda() == "13.0"
+
+
+def test_an_input_slower_than_the_step_is_named_with_the_way_out():
+    rows = [{"rank": 0, "host": "n0", "images_per_sec": 50_000.0, "input_images_per_sec":
+             120_000.0, "augment_on": "host", "cores": 24, "local_size": 8},
+            {"rank": 1, "host": "n1", "images_per_sec": 50_000.0, "input_images_per_sec":
+             9_000.0, "augment_on": "host", "cores": 12, "local_size": 8}]
+    status, detail = check.input_verdict(rows)
+    assert status == "WARN"
+    assert detail == ("rank 1 on n1: its input (distortions on the host) gives 9,000 images/s, "
+                      "its training step takes 50,000, so the step waits for input (use "
+                      "--augment_on device, or give each rank more cores: 12 cores for 8 "
+                      "ranks on this host)")
+    status, detail = check.input_verdict(rows[:1])
+    assert (status, detail) == ("PASS", "input outpaces the training step on every rank, at "
+                                "least 2.4x (distortions on the host)")
+    slow_device = [{**rows[1], "augment_on": "device"}]
+    assert check.input_verdict(slow_device)[1].endswith("so the step waits for input")
 
 
 def test_capabilities_and_stragglers():

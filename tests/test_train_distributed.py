@@ -114,6 +114,28 @@ def test_a_rerun_resumes_exactly_where_the_first_run_stopped(tiny_data, tmp_path
             scalars(str(tmp_path / "a"), "learning_rate")[step])
 
 
+def test_the_device_path_trains_and_resumes_to_the_host_paths_weights(tiny_data, tmp_path):
+    """Batches built inside the training step (--augment_on device, here on the CPU) equal
+    tf.data's on the host, through two epochs and a resume; the log says where the
+    distortions ran and how long the ranks waited for input."""
+    host = train_2_ranks("gloo", tiny_data, tmp_path / "host", "--max_steps", 20,
+                         "--augment_on", "host")
+    assert "warm-up 30 steps, distortions on the host" in host.stdout
+    first = train_2_ranks("gloo", tiny_data, tmp_path / "device", "--max_steps", 10,
+                          "--augment_on", "device")
+    assert "distortions on the device" in first.stdout
+    resumed = train_2_ranks("gloo", tiny_data, tmp_path / "device", "--max_steps", 20,
+                            "--augment_on", "device")
+    assert "resuming from" in resumed.stdout and "finished at step 20" in resumed.stdout
+    assert weights_digests(resumed.stdout) == weights_digests(host.stdout)
+    waits = re.findall(r"step \d+, loss = .*; (\d+)% waiting for input\)", host.stdout)
+    assert len(waits) == 4 and all(0 <= int(w) <= 100 for w in waits)
+    shares = scalars(str(tmp_path / "host"), "input_wait_share")
+    assert sorted(shares) == [5, 10, 15, 20] and all(0 <= v < 1 for v in shares.values())
+    # The device path's input is a step number: it never waits for a batch.
+    assert max(scalars(str(tmp_path / "device"), "input_wait_share").values()) < 0.05
+
+
 def test_fresh_moves_the_previous_run_aside_and_starts_at_step_0(tiny_data, tmp_path):
     train_dir = tmp_path / "run"
     train_2_ranks("gloo", tiny_data, train_dir, "--max_steps", 5)

@@ -4,11 +4,12 @@ on the rank's device inside the training step; centrally cropped evaluation batc
 batches. Nothing here knows about Horovod: sharding takes (num_shards, shard_index) as plain
 arguments."""
 import collections
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
 
-from hvd_cifar.command import UserError
+from hvd_cifar.command import UserError, flag
 from hvd_cifar.data.records import DEPTH, NUM_CLASSES, ORIGINAL_SIZE, read_records
 
 IMAGE_SIZE = 24            # Images are cropped to 24x24, centrally for eval, randomly for training.
@@ -16,6 +17,23 @@ CROP_OFFSETS = ORIGINAL_SIZE - IMAGE_SIZE + 1  # a random crop starts at 0..8 on
 MAX_BRIGHTNESS_DELTA = 63  # tf.image.random_brightness on pixel values in [0, 255].
 CONTRAST_LOWER, CONTRAST_UPPER = 0.2, 1.8
 ENDLESS = np.iinfo(np.int64).max
+
+@dataclasses.dataclass
+class AugmentFlags:
+    """Where training batches are distorted."""
+    augment_on: str = flag("auto", "where the training batches are cropped and distorted: "
+                           "device (the rank's shard kept in its GPU's memory, each batch built "
+                           "inside the training step), host (whole batches built by tf.data on "
+                           "the CPU); auto: device on a GPU, else host",
+                           choices=("auto", "host", "device"))
+
+
+def augmentation_place(augment_on):
+    """'device' or 'host', for --augment_on (auto: device when a GPU is visible)."""
+    if augment_on != "auto":
+        return augment_on
+    return "device" if tf.config.list_logical_devices("GPU") else "host"
+
 
 # The random values of a batch, one per image: crop offsets [n, 2] (row, column), left-right
 # flips [n], brightness deltas [n] and contrast factors [n].

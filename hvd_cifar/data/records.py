@@ -56,6 +56,20 @@ def write_records(path, images, labels):
     write_atomically(path, rows.tofile)
 
 
+def write_random_batches_dir(folder, records_per_file, seed):
+    """folder/cifar-10-batches-bin/ whose training files hold records_per_file random records
+    each (input measurements without data)."""
+    batches_dir = os.path.join(folder, BATCHES_DIR)
+    os.makedirs(batches_dir)
+    generator = np.random.default_rng(seed)
+    for name in TRAIN_FILES:
+        images = generator.integers(0, 256, (records_per_file, ORIGINAL_SIZE, ORIGINAL_SIZE,
+                                             DEPTH), dtype=np.uint8)
+        labels = generator.integers(0, NUM_CLASSES, records_per_file, dtype=np.uint8)
+        write_records(os.path.join(batches_dir, name), images, labels)
+    return batches_dir
+
+
 def class_names(batches_dir):
     """Class names from batches.meta.txt (one a line) when present, else CIFAR-10's."""
     meta = os.path.join(batches_dir, META_FILE) if batches_dir else None
