@@ -4,6 +4,7 @@
     horovodrun -np 2 python -m hvd_cifar.bench --json    (all ranks; rank 0 prints)
     python -m hvd_cifar.bench --framework keras --json   (the same model with plain model.fit)
     python -m hvd_cifar.bench --model_scaling --compute_images_per_sec 242524
+    python -m hvd_cifar.bench --input_only --batch_size 1024   (the input paths alone)
 
 The Horovod benchmark times, in one run and on every rank at once: a large float32 matmul (the
 machine's ceiling), each input path alone (per image, the reference; batched on the host; the
@@ -49,6 +50,9 @@ class BenchConfig(DeviceFlags, AllreduceFlags):
     data_dir: str = flag(None, "CIFAR-10 folder for the real-input measurement (default: "
                          "generated records in a temporary folder)", str)
     json: bool = flag(False, "print one JSON object instead of a table")
+    input_only: bool = flag(False, "time the input paths alone (per image, batched on the "
+                            "host, the device path's batches and its host CPU a step), in one "
+                            "process")
     model_scaling: bool = flag(False, "print the scaling model for GPU clusters (all-reduce "
                                "volume, step time, efficiency at 4/16/64 GPUs) instead")
     compute_images_per_sec: float = flag(None, "per-GPU training rate for --model_scaling "
@@ -168,6 +172,31 @@ def input_paths(config, batches_dir, num_shards, shard_index):
             "device": (batch_of_step(step) for step in pipeline.DeviceSteps(shard))}
 
 
+def input_measurements(config, batches_dir, size=1, rank=0, total=lambda value, name: value):
+    """({field: value} of every input path's rate and CPU, {path: its batches, to go on}):
+    2 x --steps batches of each; total(value, name) adds up the ranks' rates."""
+    inputs, batches_by_path = {}, input_paths(config, batches_dir, size, rank)
+    for path, batches in batches_by_path.items():
+        rate, cpu_ms = images_per_sec_of(batches, 2 * config.steps, config.batch_size)
+        inputs[f"input_{path}_images_per_sec"] = round(total(rate, f"input_{path}"), 1)
+        inputs[f"input_{path}_cpu_ms_per_batch"] = round(cpu_ms, 3)
+    inputs["input_device_host_cpu_us_per_step"] = round(host_cpu_us_per_step_of_device_path(
+        pipeline.DeviceSteps(None), 1000), 2)
+    return inputs, batches_by_path
+
+
+def bench_inputs(config, scratch_dir):
+    """The input paths alone, in one process (no Horovod, no training step)."""
+    if config.data_dir:
+        batches_dir = download.ensure_batches_dir(config.data_dir, fetch=False)
+    else:
+        batches_dir = records.write_random_batches_dir(scratch_dir, GENERATED_RECORDS, seed=0)
+    threads = len(os.sched_getaffinity(0))
+    inputs, _ = input_measurements(config, batches_dir)
+    return {"framework": "hvd_cifar inputs", "batch_size": config.batch_size, "cores": threads,
+            **inputs, "input_source": batches_dir if config.data_dir else "generated records"}
+
+
 # ---------------------------------------------------------------------------------------------
 # hvd_cifar under Horovod
 
@@ -197,13 +226,7 @@ def bench_horovod(config, scratch_dir):
                                                        seed=rank)
     barrier("before_input")
     # Horovod: every rank measures its own shard at once, as in training.
-    inputs, batches_by_path = {}, input_paths(config, batches_dir, size, rank)
-    for path, batches in batches_by_path.items():
-        rate, cpu_ms = images_per_sec_of(batches, 2 * config.steps, config.batch_size)
-        inputs[f"input_{path}_images_per_sec"] = round(total(rate, f"input_{path}"), 1)
-        inputs[f"input_{path}_cpu_ms_per_batch"] = round(cpu_ms, 3)
-    inputs["input_device_host_cpu_us_per_step"] = round(host_cpu_us_per_step_of_device_path(
-        pipeline.DeviceSteps(None), 1000), 2)
+    inputs, batches_by_path = input_measurements(config, batches_dir, size, rank, total)
 
     step_config = StepConfig(batch_size=config.batch_size, lr_scaling="none",
                                    xla=config.xla, fp16_allreduce=config.fp16_allreduce)
@@ -393,7 +416,10 @@ def run(config):
         rows = scaling_model(model_lib.NUM_PARAMETERS, rate)
         say(json.dumps(rows) if config.json else scaling_table(rows, rate))
         return
-    if config.framework == "keras":
+    if config.input_only:
+        with tempfile.TemporaryDirectory(prefix="hvd_cifar-bench-") as scratch_dir:
+            result = bench_inputs(config, scratch_dir)
+    elif config.framework == "keras":
         result = bench_keras(config)
     elif config.framework == "multiworker":
         result = bench_multiworker(config)
