@@ -23,7 +23,6 @@ import statistics
 import tempfile
 import time
 
-
 import tensorflow as tf
 
 from hvd_cifar import model as model_lib
@@ -165,11 +164,10 @@ def input_paths(config, batches_dir, num_shards, shard_index):
     paths, num_records = records.split_files(batches_dir, "train")
     shard = pipeline.Shard(paths, num_records, config.batch_size, num_shards, shard_index,
                            seed=shard_index, device=None)
-    batch_of_step = tf.function(shard.batch_of_step)
     return {"per_image": iter(per_image_dataset(paths, num_records, config.batch_size,
                                                 num_shards, shard_index, seed=shard_index)),
             "host": iter(shard.host_dataset()),
-            "device": (batch_of_step(step) for step in pipeline.DeviceSteps(shard))}
+            "device": shard.device_batches()}
 
 
 def input_measurements(config, batches_dir, size=1, rank=0, total=lambda value, name: value):
@@ -185,16 +183,20 @@ def input_measurements(config, batches_dir, size=1, rank=0, total=lambda value, 
     return inputs, batches_by_path
 
 
+def input_batches_dir(config, scratch_dir, seed):
+    """--data_dir's batches, or random records generated into scratch_dir."""
+    if config.data_dir:
+        return download.ensure_batches_dir(config.data_dir, fetch=False)
+    return records.write_random_batches_dir(scratch_dir, GENERATED_RECORDS, seed=seed)
+
+
 def bench_inputs(config, scratch_dir):
     """The input paths alone, in one process (no Horovod, no training step)."""
-    if config.data_dir:
-        batches_dir = download.ensure_batches_dir(config.data_dir, fetch=False)
-    else:
-        batches_dir = records.write_random_batches_dir(scratch_dir, GENERATED_RECORDS, seed=0)
-    threads = len(os.sched_getaffinity(0))
+    batches_dir = input_batches_dir(config, scratch_dir, seed=0)
     inputs, _ = input_measurements(config, batches_dir)
-    return {"framework": "hvd_cifar inputs", "batch_size": config.batch_size, "cores": threads,
-            **inputs, "input_source": batches_dir if config.data_dir else "generated records"}
+    return {"framework": "hvd_cifar inputs", "batch_size": config.batch_size,
+            "cores": len(os.sched_getaffinity(0)), **inputs,
+            "input_source": batches_dir if config.data_dir else "generated records"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,11 +221,7 @@ def bench_horovod(config, scratch_dir):
     barrier("before_matmul")
     ceiling_gflops = total(matmul_gflops(), "ceiling_gflops")
 
-    if config.data_dir:
-        batches_dir = download.ensure_batches_dir(config.data_dir, fetch=False)
-    else:
-        batches_dir = records.write_random_batches_dir(scratch_dir, GENERATED_RECORDS,
-                                                       seed=rank)
+    batches_dir = input_batches_dir(config, scratch_dir, seed=rank)
     barrier("before_input")
     # Horovod: every rank measures its own shard at once, as in training.
     inputs, batches_by_path = input_measurements(config, batches_dir, size, rank, total)

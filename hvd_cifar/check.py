@@ -8,8 +8,9 @@
 Every rank checks its GPUs against nvidia-smi, compiles with XLA, takes part in an all-reduce
 and a broadcast whose results are known, times the all-reduce of one step's gradients, its own
 training step and its input (a warning when the input is the slower), and looks at the data;
-launched by mpirun or srun it also checks MPI alone (mpi4py). Rank 0 prints one line a check, PASS / WARN / FAIL, then the verdict (--json: one
-JSON object, the last line). Exit status 0 for pass or warn, 1 for fail.
+launched by mpirun or srun it also checks MPI alone (mpi4py). Rank 0 prints one line a check,
+PASS / WARN / FAIL, then the verdict (--json: one JSON object, the last line). Exit status 0
+for pass or warn, 1 for fail.
 """
 import dataclasses
 import json
@@ -223,23 +224,17 @@ def input_verdict(rows):
                     f"(distortions on the {' and '.join(places)})")
 
 
-def input_images_per_sec(config, rank, size, place, seconds):
+def input_images_per_sec(config, rank, size, place, data_usable, seconds):
     """This rank's input rate (batches of its shard where --augment_on puts them), from the
-    data when there is some, else from random records."""
-    import tensorflow as tf
-
+    data when it is usable (data_verdict passed), else from random records."""
     with tempfile.TemporaryDirectory(prefix="hvd_cifar-check-") as scratch:
         batches_dir = os.path.join(config.data_dir, records.BATCHES_DIR)
-        if data_verdict(config.data_dir)[0] != "PASS" or not os.path.isdir(batches_dir):
+        if not (data_usable and os.path.isdir(batches_dir)):
             batches_dir = records.write_random_batches_dir(scratch, INPUT_RECORDS, seed=rank)
         paths, num_records = records.split_files(batches_dir, "train")
         shard = pipeline.Shard(paths, num_records, config.batch_size, size, rank,
                                device=None if place == "device" else "/cpu:0")
-        if place == "device":
-            batch_of_step = tf.function(shard.batch_of_step)
-            batches = (batch_of_step(step) for step in pipeline.DeviceSteps(shard))
-        else:
-            batches = iter(shard.host_dataset())
+        batches = shard.device_batches() if place == "device" else iter(shard.host_dataset())
         next(batches)
         count, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds or count < 3:
@@ -391,13 +386,15 @@ def run_checks(config):
         local_step().numpy()
         steps += 1
     images_per_sec = steps * config.batch_size / (time.perf_counter() - start)
+    data = data_verdict(config.data_dir)  # reads every record file: once
     augment_on = pipeline.augmentation_place(config.augment_on)
-    input_rate = input_images_per_sec(config, rank, size, augment_on, config.step_seconds)
+    input_rate = input_images_per_sec(config, rank, size, augment_on, data[0] == "PASS",
+                                      config.step_seconds)
 
     facts = {"rank": rank, "host": host, "device": device, "images_per_sec":
              round(images_per_sec, 1), "gpu": gpu_status, "capability": capability,
              "driver": driver_verdict(host, rank, smi, horovod_build_cuda()),
-             "xla": xla, "correct": correct, "data": data_verdict(config.data_dir),
+             "xla": xla, "correct": correct, "data": data,
              "mpi": mpi, "tf_gpus": len(tf_gpus), "augment_on": augment_on,
              "input_images_per_sec": round(input_rate, 1), "cores": len(os.sched_getaffinity(0)),
              "local_size": local_size}

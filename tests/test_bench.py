@@ -53,7 +53,7 @@ def test_one_worker_reports_every_field(tmp_path):
         assert report[f"input_{path}_images_per_sec"] > 0
         assert report[f"input_{path}_cpu_ms_per_batch"] > 0
     assert report["input_images_per_sec"] == report["input_host_images_per_sec"]
-    assert 0 < report["input_device_host_cpu_us_per_step"] < 1000
+    assert report["input_device_host_cpu_us_per_step"] > 0
 
 
 def test_real_input_from_a_data_dir(tiny_data):

@@ -135,6 +135,19 @@ def test_an_input_slower_than_the_step_is_named_with_the_way_out():
     assert check.input_verdict(slow_device)[1].endswith("so the step waits for input")
 
 
+@pytest.mark.parametrize("place", ["host", "device"])
+@pytest.mark.parametrize("data_usable", [True, False])
+def test_the_input_is_timed_where_augment_on_puts_it(tiny_data, tmp_path, place, data_usable):
+    """Both paths build batches of the rank's shard (here on the CPU), from the data or, when
+    the data is not usable, from random records in a temporary folder."""
+    config = check.CheckConfig(data_dir=str(tiny_data if data_usable else tmp_path),
+                               batch_size=16)
+    rate = check.input_images_per_sec(config, rank=1, size=2, place=place,
+                                      data_usable=data_usable, seconds=0.1)
+    assert rate > 0
+    assert os.listdir(tmp_path) == []  # the random records are gone with their folder
+
+
 def test_capabilities_and_stragglers():
     assert check.capability_verdict([(9, 0), (9, 0)])[0] == "PASS"
     assert check.capability_verdict([(6, 1)]) == (

@@ -18,6 +18,7 @@ MAX_BRIGHTNESS_DELTA = 63  # tf.image.random_brightness on pixel values in [0, 2
 CONTRAST_LOWER, CONTRAST_UPPER = 0.2, 1.8
 ENDLESS = np.iinfo(np.int64).max
 
+
 @dataclasses.dataclass
 class AugmentFlags:
     """Where training batches are distorted."""
@@ -53,11 +54,6 @@ def draw_distortions(key, count):
                                                -MAX_BRIGHTNESS_DELTA, MAX_BRIGHTNESS_DELTA),
         contrast=tf.random.stateless_uniform([count], contrast_key,
                                              CONTRAST_LOWER, CONTRAST_UPPER))
-
-
-def standardize(images):
-    """tf.image.per_image_standardization of a batch: each image to mean 0 and variance 1."""
-    return tf.image.per_image_standardization(images)
 
 
 @tf.function(jit_compile=True)  # XLA fuses the batch's arithmetic into a few loops
@@ -100,8 +96,8 @@ def central_crop_batch(images):
     """Images [n, 32, 32, 3] -> float32 [n, 24, 24, 3]: the central crop and standardization
     of evaluation (cifar10_input.inputs), for the whole batch at once."""
     margin = (ORIGINAL_SIZE - IMAGE_SIZE) // 2
-    return standardize(tf.cast(images[:, margin:margin + IMAGE_SIZE,
-                                      margin:margin + IMAGE_SIZE, :], tf.float32))
+    return tf.image.per_image_standardization(tf.cast(
+        images[:, margin:margin + IMAGE_SIZE, margin:margin + IMAGE_SIZE, :], tf.float32))
 
 
 def shard_sizes(num_records, batch_size, num_shards):
@@ -189,6 +185,11 @@ class Shard:
         tf.cond(tf.not_equal(self.order_epoch, epoch), draw_order, lambda: False)
         first = tf.cast(step % self.steps_per_epoch, tf.int32) * self.batch_size
         return self.assemble(step, self.order[first:first + self.batch_size])
+
+    def device_batches(self, start_step=0):
+        """The device path's batches one by one, outside a training step (to time them)."""
+        batch_of_step = tf.function(self.batch_of_step)
+        return (batch_of_step(step) for step in DeviceSteps(self, start_step))
 
     def host_dataset(self, start_step=0):
         """tf.data batches of the shard from start_step on, built on the host (the host path):
