@@ -46,6 +46,10 @@ class StepConfig(DeviceFlags, AllreduceFlags, pipeline.AugmentFlags):
     warmup_epochs: float = flag(None, "epochs of linear warm-up from lr to the scaled rate "
                                 f"(default: {DEFAULT_WARMUP_EPOCHS:g} when W > 1, "
                                 "else 0)", non_negative_float)
+    lr_decay: str = flag("staircase", "after warm-up: the tutorial's staircase (x0.1 every "
+                         f"{NUM_EPOCHS_PER_DECAY:g} epochs), or polynomial: the rate falls as "
+                         "(1 - progress)^2 to 0 at --max_steps (You et al. 2017)",
+                         choices=("staircase", "polynomial"))
     momentum: float = flag(0.0, "SGD momentum (the tutorial uses plain SGD)",
                            non_negative_float)
     optimizer: str = flag("sgd", "sgd: the tutorial's SGD; lars: SGD whose step of each weight "
@@ -77,29 +81,42 @@ def scaled_learning_rate(lr, workers, lr_scaling, max_lr):
     return rate, rule
 
 
-class TutorialSchedule:
-    """Linear warm-up from base_lr to peak_lr, then the tutorial's staircase decay (x0.1 every
-    350 epochs). Steps are synchronized updates; boundaries are given in steps computed from
-    epochs, so they fall at the same data position whatever the number of ranks."""
+POLYNOMIAL_DECAY_POWER = 2.0
+
+
+class LearningRateSchedule:
+    """Linear warm-up from base_lr to peak_lr, then either the tutorial's staircase decay (x0.1
+    every decay_steps) or, given end_step, a polynomial decay to 0 at end_step. Steps are
+    synchronized updates; boundaries are given in steps computed from epochs, so they fall at the
+    same data position whatever the number of ranks."""
 
     def __init__(self, base_lr, peak_lr, warmup_steps, decay_steps,
-                 decay_factor=LEARNING_RATE_DECAY_FACTOR):
+                 decay_factor=LEARNING_RATE_DECAY_FACTOR, end_step=None):
         self.base_lr, self.peak_lr = base_lr, peak_lr
         self.warmup_steps, self.decay_steps = warmup_steps, decay_steps
         self.decay_factor = decay_factor
+        self.end_step = end_step
 
     def __call__(self, step):
         """The rate of the update made at step (a number or a tensor)."""
         step = tf.cast(step, tf.float32)
-        decayed = self.peak_lr * tf.pow(self.decay_factor, tf.floor(step / self.decay_steps))
+        if self.end_step is None:
+            decayed = self.peak_lr * tf.pow(self.decay_factor,
+                                            tf.floor(step / self.decay_steps))
+        else:
+            decay_length = float(max(self.end_step - self.warmup_steps, 1))
+            remaining = tf.clip_by_value(1.0 - (step - self.warmup_steps) / decay_length,
+                                         0.0, 1.0)
+            decayed = self.peak_lr * tf.pow(remaining, POLYNOMIAL_DECAY_POWER)
         if not self.warmup_steps:
             return decayed
         warming = self.base_lr + (self.peak_lr - self.base_lr) * step / self.warmup_steps
         return tf.where(step < self.warmup_steps, warming, decayed)
 
 
-def learning_rate_schedule(config, size, steps_per_epoch):
-    """(TutorialSchedule, rule sentence) for size ranks taking steps_per_epoch steps an epoch."""
+def learning_rate_schedule(config, size, steps_per_epoch, end_step=None):
+    """(LearningRateSchedule, rule sentence) for size ranks taking steps_per_epoch steps an
+    epoch; a polynomial decay ends at end_step (the run's --max_steps)."""
     # Horovod: one update averages the gradients of size ranks x backward passes, a global
     # batch that many times one worker's, so the rate grows with it (Goyal et al. 2017).
     workers = size * config.backward_passes_per_step
@@ -108,9 +125,15 @@ def learning_rate_schedule(config, size, steps_per_epoch):
     if warmup_epochs is None:
         # Horovod: warm up only when the rate was scaled.
         warmup_epochs = DEFAULT_WARMUP_EPOCHS if workers > 1 else 0.0
-    schedule = TutorialSchedule(min(config.lr, peak_lr), peak_lr,
-                                int(round(warmup_epochs * steps_per_epoch)),
-                                int(NUM_EPOCHS_PER_DECAY * steps_per_epoch))
+    polynomial = config.lr_decay == "polynomial"
+    if polynomial:
+        if end_step is None:
+            raise ValueError("a polynomial decay needs the step it ends at")
+        rule += f", polynomial decay to 0 at step {end_step}"
+    schedule = LearningRateSchedule(min(config.lr, peak_lr), peak_lr,
+                                    int(round(warmup_epochs * steps_per_epoch)),
+                                    int(NUM_EPOCHS_PER_DECAY * steps_per_epoch),
+                                    end_step=end_step if polynomial else None)
     return schedule, rule
 
 
@@ -122,7 +145,7 @@ class Replica:
     the compiled training step. Its learning rate is set by rescale, for size ranks taking
     steps_per_epoch steps an epoch."""
 
-    def __init__(self, config, size=None, steps_per_epoch=None):
+    def __init__(self, config, size=None, steps_per_epoch=None, end_step=None):
         self.config = config
         self.model = model_lib.inference(config.use_fp16)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -162,14 +185,15 @@ class Replica:
         self.size = self.steps_per_epoch = self.device_shard = self.last_inputs = None
         self.input_wait_seconds = 0.0
         if size is not None:
-            self.rescale(size, steps_per_epoch)
+            self.rescale(size, steps_per_epoch, end_step)
 
-    def rescale(self, size, steps_per_epoch):
+    def rescale(self, size, steps_per_epoch, end_step=None):
         """Set the learning-rate schedule for size ranks (again when an elastic job resizes)."""
         if (size, steps_per_epoch) == (self.size, self.steps_per_epoch):
             return
         self.size, self.steps_per_epoch = size, steps_per_epoch
-        self.schedule, self.lr_rule = learning_rate_schedule(self.config, size, steps_per_epoch)
+        self.schedule, self.lr_rule = learning_rate_schedule(self.config, size, steps_per_epoch,
+                                                             end_step)
         self.warmup_steps = self.schedule.warmup_steps
         # Traced anew: the schedule's numbers are constants of the compiled pass.
         self.train_pass = tf.function(self._train_pass)

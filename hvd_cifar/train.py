@@ -112,7 +112,7 @@ class Trainer:
         self.is_chief = rank == 0  # Horovod: rank 0 alone writes, through self.output.
         # Horovod: in an elastic job the workers (so the shards and rate) are known only now.
         train_files, steps_per_epoch = ready_data_and_count_steps(config, size, hvd.local_rank())
-        replica.rescale(size, steps_per_epoch)
+        replica.rescale(size, steps_per_epoch, end_step=config.max_steps)
         restored = None
         if elastic_state is None or not elastic_state.set_up:
             # Horovod: rank 0 claims the train_dir and restores...

@@ -114,6 +114,22 @@ def test_the_decay_falls_at_epoch_350_whatever_the_number_of_ranks(size):
     assert float(schedule(2 * boundary)) == pytest.approx(peak * 0.01)
 
 
+def test_polynomial_decay_falls_squared_from_the_warm_up_end_to_0_at_max_steps():
+    schedule, rule = replica_lib.learning_rate_schedule(
+        config(warmup_epochs=5.0, lr_decay="polynomial"), 2, 10, end_step=250)
+    assert rule == "linear scaling: 0.1 x 2, polynomial decay to 0 at step 250"
+    assert float(schedule(25)) == pytest.approx(0.15)  # warming up as before
+    assert float(schedule(50)) == pytest.approx(0.2)
+    assert float(schedule(150)) == pytest.approx(0.2 * 0.5 ** 2)
+    assert float(schedule(200)) == pytest.approx(0.2 * 0.25 ** 2)
+    assert float(schedule(250)) == 0.0 and float(schedule(300)) == 0.0
+
+
+def test_polynomial_decay_needs_the_step_it_ends_at():
+    with pytest.raises(ValueError, match="ends at"):
+        replica_lib.learning_rate_schedule(config(lr_decay="polynomial"), 2, 10)
+
+
 def test_summary_histograms_writes_the_tutorials_activation_summaries(tmp_path):
     result = python_module("hvd_cifar.train", "--synthetic", "--train_dir", tmp_path,
                            "--max_steps", 2, "--log_frequency", 2, "--batch_size", 8,
