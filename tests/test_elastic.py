@@ -17,11 +17,11 @@ MAX_STEPS = 400
 ELASTIC_TIMEOUT_SECONDS = 400
 
 
-def elastic_command(hosts_file, data_dir, train_dir):
+def elastic_command(hosts_file, data_dir, train_dir, *train_flags):
     return ["bash", os.path.join(REPO_ROOT, "launch", "elastic.sh"), str(hosts_file), "1", "2",
             "--data_dir", str(data_dir), "--train_dir", str(train_dir), "--no_download",
             "--max_steps", str(MAX_STEPS), "--batch_size", "16", "--log_frequency", "5",
-            "--commit_every_steps", str(COMMIT_EVERY), "--threads_per_rank", "1"]
+            "--commit_every_steps", str(COMMIT_EVERY), "--threads_per_rank", "1", *train_flags]
 
 
 def write_hosts(path, *hosts):
@@ -34,12 +34,12 @@ def rank_counts(output):
 
 
 @contextlib.contextmanager
-def elastic_job_at_step_20(data_dir, tmp_path, *hosts):
+def elastic_job_at_step_20(data_dir, tmp_path, *hosts, train_flags=()):
     """(job, hosts file, train_dir) of an elastic job on hosts, once it has logged step 20."""
     hosts_file, train_dir = tmp_path / "hosts", tmp_path / "run"
     write_hosts(hosts_file, *hosts)
     # lo: every "host" is this machine (without an interface Horovod waits for two hosts).
-    with launched(elastic_command(hosts_file, data_dir, train_dir),
+    with launched(elastic_command(hosts_file, data_dir, train_dir, *train_flags),
                   env={"NETWORK_INTERFACE": "lo"}) as job:
         wait_for_step(train_dir, 20)
         yield job, hosts_file, train_dir
@@ -84,14 +84,17 @@ def test_a_killed_worker_is_dropped_and_no_step_is_lost_beyond_the_last_commit(
 
 
 def test_an_added_host_joins_with_the_current_state(tiny_data, tmp_path):
-    with elastic_job_at_step_20(tiny_data, tmp_path, "localhost") as (job, hosts, _):
+    # LARS with momentum: the state a joiner must receive includes the optimizer's slots.
+    with elastic_job_at_step_20(tiny_data, tmp_path, "localhost",
+                                train_flags=("--optimizer", "lars", "--momentum", "0.9")) as (
+            job, hosts, _):
         write_hosts(hosts, "localhost", "127.0.0.1")
         output = finish(job)
     assert rank_counts(output)[0] == 1 and rank_counts(output)[-1] == 2, output[-4000:]
     joined_at = int(re.findall(r"continuing at step (\d+)", output)[-1])
     assert joined_at >= 20
-    # The newcomer received rank 0's weights: both end identical (a joiner that kept its own
-    # fresh weights would differ).
+    # The newcomer received rank 0's weights and momentum: both end identical (a joiner that
+    # kept its own fresh weights, or zero momentum, would differ).
     digests = weights_digests(output)
     assert len(digests) == 2 and len(set(digests.values())) == 1
 
