@@ -7,7 +7,9 @@ CHECKPOINT is a checkpoint path of a training run (train_dir/ckpt-N). On one bat
 training images (the batch of step N of a one-rank shard), prints for each variable its norm
 |w|, the norm |g| of the training loss's gradient (weight decay included), the step relative to
 the weights that SGD takes, lr x |g| / |w|, and the one LARS gives every weight matrix,
-lr x trust coefficient (biases keep the global rate). Momentum multiplies both alike.
+lr x trust coefficient (biases keep the global rate). These are one update's steps before
+momentum: momentum m lengthens a step by up to 1 / (1 - m) while the gradients agree (10 times
+at 0.9), so compare runs of different momentum with that factor.
 """
 import argparse
 
