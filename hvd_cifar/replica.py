@@ -145,7 +145,7 @@ class Replica:
     the compiled training step. Its learning rate is set by rescale, for size ranks taking
     steps_per_epoch steps an epoch."""
 
-    def __init__(self, config, size=None, steps_per_epoch=None, end_step=None):
+    def __init__(self, config, size=None, steps_per_epoch=None):
         self.config = config
         self.model = model_lib.inference(config.use_fp16)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -185,7 +185,7 @@ class Replica:
         self.size = self.steps_per_epoch = self.device_shard = self.last_inputs = None
         self.input_wait_seconds = 0.0
         if size is not None:
-            self.rescale(size, steps_per_epoch, end_step)
+            self.rescale(size, steps_per_epoch)
 
     def rescale(self, size, steps_per_epoch, end_step=None):
         """Set the learning-rate schedule for size ranks (again when an elastic job resizes)."""

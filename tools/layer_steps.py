@@ -16,7 +16,7 @@ import argparse
 import tensorflow as tf
 
 from hvd_cifar import checkpoint as checkpoint_lib, model as model_lib
-from hvd_cifar.data import pipeline, records
+from hvd_cifar.data import download, pipeline, records
 
 
 def main():
@@ -29,10 +29,13 @@ def main():
     parser.add_argument("--batch_size", type=int, default=1024)
     args = parser.parse_args()
     model = model_lib.inference()
+    # The raw weights, not the moving averages (what the next update moves); the averages are
+    # read only because the checkpoint's layout names them.
     averages = [tf.Variable(tf.zeros_like(v)) for v in model.trainable_variables]
     step = tf.Variable(0, dtype=tf.int64)
     checkpoint_lib.layout(model, averages, step).read(args.checkpoint).expect_partial()
-    paths, num_records = records.split_files(f"{args.data_dir}/cifar-10-batches-bin", "train")
+    batches_dir = download.ensure_batches_dir(args.data_dir, fetch=False)
+    paths, num_records = records.split_files(batches_dir, "train")
     shard = pipeline.Shard(paths, num_records, args.batch_size)
     images, labels = next(iter(shard.host_dataset(int(step))))
     with tf.GradientTape() as tape:
