@@ -81,17 +81,28 @@ def test_one_step_equals_one_process_taking_all_16_examples_at_once(
                                    decay * start + (1 - decay) * end, rtol=1e-5, atol=1e-6)
 
 
-def test_the_logged_learning_rate_warms_up_linearly_to_lr_times_ranks(tiny_data, tmp_path):
-    # 6 steps an epoch, warm-up 2 epochs = 12 steps from 0.1 to 0.2 (no cap).
+def test_the_logged_rate_warms_up_to_lr_times_ranks_then_decays_and_a_moved_end_is_said(
+        tiny_data, tmp_path):
+    # 6 steps an epoch, warm-up 2 epochs = 12 steps from 0.1 to 0.2 (no cap), then
+    # (1 - progress)^2 over the 8 steps to --max_steps.
     train_dir = tmp_path / "run"
-    result = train_2_ranks("gloo", tiny_data, train_dir, "--max_steps", 20,
-                           "--warmup_epochs", 2, "--max_lr", 0)
-    assert "learning rate 0.2 (linear scaling: 0.1 x 2), warm-up 12 steps" in result.stdout
+    flags = ("--warmup_epochs", 2, "--max_lr", 0, "--lr_decay", "polynomial")
+    result = train_2_ranks("gloo", tiny_data, train_dir, "--max_steps", 20, *flags)
+    assert ("learning rate 0.2 (linear scaling: 0.1 x 2, polynomial decay to 0 at step 20), "
+            "warm-up 12 steps") in result.stdout
     rates = scalars(str(train_dir), "learning_rate")
     # Logged at step N: the rate of the update that made step N (taken at step N - 1).
     assert rates[5] == pytest.approx(0.1 + 0.1 * 4 / 12)
     assert rates[10] == pytest.approx(0.1 + 0.1 * 9 / 12)
-    assert rates[15] == pytest.approx(0.2) and rates[20] == pytest.approx(0.2)
+    assert rates[15] == pytest.approx(0.2 * (1 - 2 / 8) ** 2)
+    assert rates[20] == pytest.approx(0.2 * (1 - 7 / 8) ** 2)
+    # Training on moves the decay's end, so the resumed run is not the one planned: said.
+    longer = train_2_ranks("gloo", tiny_data, train_dir, "--max_steps", 24, *flags)
+    assert ("resuming with changes: learning-rate rule linear scaling: 0.1 x 2, polynomial "
+            "decay to 0 at step 20 -> linear scaling: 0.1 x 2, polynomial decay to 0 at step "
+            "24") in longer.stdout
+    assert scalars(str(train_dir), "learning_rate")[24] == pytest.approx(
+        0.2 * (1 - 11 / 12) ** 2)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "lars"])
