@@ -20,6 +20,7 @@ LRN_BIAS = 1.0
 LRN_ALPHA = 0.001 / 9.0
 LRN_BETA = 0.75
 
+OUTPUT_LAYER = "softmax_linear"  # the logits' layer
 NUM_PARAMETERS = 1_068_298  # 4,864 + 102,464 + 885,120 + 73,920 + 1,930
 
 
@@ -83,7 +84,7 @@ def inference(use_fp16=False):
                      kernel_regularizer=weight_decay(LOCAL_WEIGHT_DECAY),
                      bias_initializer=tf.keras.initializers.Constant(0.1))(x)
     # The tutorial applies no softmax here: the loss takes unscaled logits.
-    logits = layers.Dense(NUM_CLASSES, name="softmax_linear", dtype=dtype,
+    logits = layers.Dense(NUM_CLASSES, name=OUTPUT_LAYER, dtype=dtype,
                           kernel_initializer=truncated_normal(1 / 192.0),
                           bias_initializer=tf.keras.initializers.Constant(0.0))(x)
     if use_fp16:

@@ -59,11 +59,24 @@ class StepConfig(DeviceFlags, AllreduceFlags, pipeline.AugmentFlags):
     trust_coefficient: float = flag(0.001, "LARS's trust coefficient: a weight matrix's step "
                                     "is this share of its norm, times the learning rate",
                                     positive_float)
+    lars_output_layer: str = flag("trust", "under LARS, the output layer's weight matrix "
+                                  "(softmax_linear) steps by its trust ratio like the others "
+                                  "(trust, the paper), or at the global rate like the biases "
+                                  "(global)", choices=("trust", "global"))
     use_fp16: bool = flag(False, "compute in float16 with float32 variables (mixed_float16, "
                           "GPUs) and dynamic loss scaling")
     backward_passes_per_step: int = flag(1, "backward passes whose gradients are summed "
                                          "locally before one all-reduce and update",
                                          positive_int)
+
+
+def optimizer_record(config):
+    """The optimizer's settings a resume compares (run.json); LARS's own are None under SGD,
+    where they play no part."""
+    lars = config.optimizer == "lars"
+    return {"optimizer": config.optimizer, "momentum": config.momentum,
+            "trust_coefficient": config.trust_coefficient if lars else None,
+            "lars_output_layer": config.lars_output_layer if lars else None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,8 +164,10 @@ class Replica:
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         # The rate is set from the schedule before every step.
         if config.optimizer == "lars":
-            optimizer = LARS(config.trust_coefficient, learning_rate=config.lr,
-                             momentum=config.momentum)
+            global_rate_layers = (model_lib.OUTPUT_LAYER,) if (
+                config.lars_output_layer == "global") else ()
+            optimizer = LARS(config.trust_coefficient, global_rate_layers,
+                             learning_rate=config.lr, momentum=config.momentum)
         else:
             optimizer = tf.keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum)
         # Horovod: average gradients by ring all-reduce before every update (optionally in
@@ -263,15 +278,17 @@ class LARS(tf.keras.optimizers.SGD):
     """SGD with layer-wise adaptive rate scaling (You, Gitman and Ginsburg 2017): the step of
     each weight matrix (kernel) is scaled by trust_coefficient x |w| / |g|, so every layer moves
     by a share of its own size whatever its gradient's scale; biases keep the global rate, as in
-    the paper. Under Horovod, g is the all-reduced (averaged) gradient, and it holds the
-    tutorial's weight decay, which is part of the loss."""
+    the paper, and so do the weight matrices of global_rate_layers (layer names). Under
+    Horovod, g is the all-reduced (averaged) gradient, and it holds the tutorial's weight decay,
+    which is part of the loss."""
 
-    def __init__(self, trust_coefficient, **kwargs):
+    def __init__(self, trust_coefficient, global_rate_layers=(), **kwargs):
         super().__init__(**kwargs)
         self.trust_coefficient = trust_coefficient
+        self.global_rate_layers = tuple(global_rate_layers)
 
     def trust_ratio(self, gradient, variable):
-        if variable.shape.rank < 2:
+        if variable.shape.rank < 2 or variable.name.split("/")[0] in self.global_rate_layers:
             return tf.constant(1.0, gradient.dtype)
         weight_norm = tf.norm(tf.cast(variable, gradient.dtype))
         gradient_norm = tf.norm(gradient)
@@ -283,7 +300,8 @@ class LARS(tf.keras.optimizers.SGD):
         super().update_step(gradient * self.trust_ratio(gradient, variable), variable)
 
     def get_config(self):
-        return {**super().get_config(), "trust_coefficient": self.trust_coefficient}
+        return {**super().get_config(), "trust_coefficient": self.trust_coefficient,
+                "global_rate_layers": self.global_rate_layers}
 
 
 def check_loss(mean_loss, running_mean, step, replica):

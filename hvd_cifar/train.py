@@ -26,7 +26,7 @@ from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Wat
                                    pin_devices, set_launch_defaults, set_timeline)
 from hvd_cifar.output import RunOutput
 from hvd_cifar.rank_input import augmentation_place, ready_data_and_count_steps, rank_batches
-from hvd_cifar.replica import Replica, StepConfig, check_loss, weights_digest
+from hvd_cifar.replica import Replica, StepConfig, check_loss, optimizer_record, weights_digest
 
 # Longer than anything a healthy rank waits for between two marks of the watchdog: a
 # checkpoint on a slow shared file system, the first step's tracing or XLA compilation, a long
@@ -136,8 +136,8 @@ class Trainer:
                + ", ".join(f"{r}={d}" for r, d in enumerate(devices)))
         global_batch = config.batch_size * size * config.backward_passes_per_step  # Horovod:
         record = {"ranks": size, "global_batch": global_batch, "lr_rule": replica.lr_rule,
-                  "steps_per_epoch": replica.steps_per_epoch, "optimizer": config.optimizer,
-                  "momentum": config.momentum, "use_fp16": config.use_fp16,
+                  "steps_per_epoch": replica.steps_per_epoch, **optimizer_record(config),
+                  "use_fp16": config.use_fp16,
                   "augment_on": augmentation_place(config)}
         # Horovod: rank 0 opens the log and says how the run is set up.
         fail_together(lambda: self.output.open(replica, job, record, step, restored)

@@ -278,7 +278,8 @@ def write_run_record(train_dir, record):
 RECORDED = (("ranks", "ranks"), ("global_batch", "global batch"),
             ("steps_per_epoch", "steps an epoch"), ("lr_rule", "learning-rate rule"),
             ("momentum", "--momentum"), ("use_fp16", "--use_fp16"),
-            ("optimizer", "--optimizer"))
+            ("optimizer", "--optimizer"), ("trust_coefficient", "--trust_coefficient"),
+            ("lars_output_layer", "--lars_output_layer"))
 
 
 def changes(previous, current):

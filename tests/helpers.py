@@ -94,12 +94,14 @@ def horovodrun(np_, controller, module, *args, **kwargs):
                 sys.executable, "-m", module, *map(str, args)], **kwargs)
 
 
-def one_step(out, ranks, batch_size, lr, passes=1, examples=16, optimizer="sgd"):
+def one_step(out, ranks, batch_size, lr, passes=1, examples=16, optimizer="sgd",
+             lars_output_layer="trust"):
     """Rank 0's weights before and after one step of tests/one_step.py (and alone, the
     gradient at the start)."""
     helper = [sys.executable, os.path.join(REPO_ROOT, "tests", "one_step.py"), str(out),
               "--batch_size", str(batch_size), "--lr", str(lr), "--examples", str(examples),
-              "--passes", str(passes), "--optimizer", optimizer]
+              "--passes", str(passes), "--optimizer", optimizer,
+              "--lars_output_layer", lars_output_layer]
     launcher = [os.path.join(BIN, "horovodrun"), "-np", str(ranks), "--gloo"] if ranks > 1 else []
     result = run(launcher + helper)
     assert result.returncode == 0, result.stderr[-3000:]

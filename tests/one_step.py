@@ -1,7 +1,8 @@
 """Run one synchronized training step of the real Replica on fixed examples; save the weights.
 
     python tests/one_step.py OUT.npz --batch_size B --lr LR --examples N [--passes P]
-                             [--optimizer sgd|lars]      (alone, or under horovodrun)
+                             [--optimizer sgd|lars] [--lars_output_layer trust|global]
+                             (alone, or under horovodrun)
 
 The examples are the same N on every run: rank r takes the r-th block of B x P of them and
 feeds them as P backward passes of B (--backward_passes_per_step P). Rank 0 saves the
@@ -24,13 +25,15 @@ parser.add_argument("--examples", type=int, required=True)
 parser.add_argument("--passes", type=int, default=1)
 parser.add_argument("--optimizer", default="sgd")
 parser.add_argument("--trust_coefficient", type=float, default=0.001)
+parser.add_argument("--lars_output_layer", default="trust")
 args = parser.parse_args()
 
 hvd.init()
 tf.keras.utils.set_random_seed(1)
 config = StepConfig(batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.0, max_lr=0.0,
                     backward_passes_per_step=args.passes, optimizer=args.optimizer,
-                    trust_coefficient=args.trust_coefficient)
+                    trust_coefficient=args.trust_coefficient,
+                    lars_output_layer=args.lars_output_layer)
 replica = Replica(config, hvd.size(), steps_per_epoch=100)
 hvd.broadcast_variables(replica.state_variables(), root_rank=0)
 

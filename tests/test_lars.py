@@ -12,27 +12,32 @@ from hvd_cifar import train as train_module
 TRUST = 0.001  # tests/one_step.py's default --trust_coefficient
 
 
+@pytest.mark.parametrize("output_layer", ["trust", "global"])
 def test_a_lars_step_scales_each_weight_matrix_by_its_trust_ratio_and_biases_by_nothing(
-        tmp_path):
-    step = one_step(tmp_path / "lars.npz", 1, 16, 0.1, optimizer="lars")
+        tmp_path, output_layer):
+    step = one_step(tmp_path / "lars.npz", 1, 16, 0.1, optimizer="lars",
+                    lars_output_layer=output_layer)
     rate = float(step["learning_rate"])
     names = [str(step[k]) for k in sorted((k for k in step.files if k.startswith("name_")),
                                           key=lambda k: int(k.split("_")[1]))]
     assert len(names) == 10
+    # --lars_output_layer global: the output layer's matrix steps as the biases do.
+    global_rate = {"softmax_linear/kernel:0"} if output_layer == "global" else set()
     for i, name in enumerate(names):
         before, after, gradient = (step[f"{what}_{i}"] for what in ("before", "after",
                                                                        "gradient"))
-        if before.ndim > 1:
+        if before.ndim > 1 and name not in global_rate:
             ratio = TRUST * np.linalg.norm(before) / np.linalg.norm(gradient)
             assert "kernel" in name
         else:
             ratio = 1.0
-            assert "bias" in name
+            assert "bias" in name or name in global_rate
         np.testing.assert_allclose(after, before - rate * ratio * gradient, rtol=1e-4,
                                    atol=1e-7, err_msg=name)
     # Layer-wise: every kernel moves by the same share of its own norm, rate x trust, whatever
     # its gradient's scale.
-    kernels = [i for i, name in enumerate(names) if "kernel" in name]
+    kernels = [i for i, name in enumerate(names) if "kernel" in name and name not in global_rate]
+    assert len(kernels) == (5 if output_layer == "trust" else 4)
     moved = [np.linalg.norm(step[f"after_{i}"] - step[f"before_{i}"]) /
              np.linalg.norm(step[f"before_{i}"]) for i in kernels]
     np.testing.assert_allclose(moved, rate * TRUST, rtol=1e-3)
@@ -47,7 +52,8 @@ def test_two_lars_ranks_take_the_step_of_one_process_on_the_union_batch(tmp_path
         np.testing.assert_allclose(distributed[key], single[key], rtol=1e-5, atol=1e-6)
 
 
-def test_resuming_with_another_optimizer_is_refused_naming_the_flag(tmp_path):
+def test_resuming_with_another_optimizer_is_refused_naming_the_flag_and_a_new_trust_is_said(
+        tmp_path):
     train_dir = tmp_path / "run"
 
     def train(max_steps, *flags):
@@ -62,9 +68,10 @@ def test_resuming_with_another_optimizer_is_refused_naming_the_flag(tmp_path):
                           "resume it with --optimizer lars, or start over with --fresh",
                           status=1)
     assert sorted(os.listdir(train_dir)) == files
-    resumed = train(4, "--optimizer", "lars")
+    resumed = train(4, "--optimizer", "lars", "--trust_coefficient", 0.002)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout and "finished at step 4" in resumed.stdout
+    assert "resuming with changes: --trust_coefficient 0.001 -> 0.002" in resumed.stdout
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan"])
