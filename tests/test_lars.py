@@ -52,7 +52,7 @@ def test_two_lars_ranks_take_the_step_of_one_process_on_the_union_batch(tmp_path
         np.testing.assert_allclose(distributed[key], single[key], rtol=1e-5, atol=1e-6)
 
 
-def test_resuming_with_another_optimizer_is_refused_naming_the_flag_and_a_new_trust_is_said(
+def test_resuming_with_another_optimizer_is_refused_and_new_lars_settings_are_said(
         tmp_path):
     train_dir = tmp_path / "run"
 
@@ -68,10 +68,12 @@ def test_resuming_with_another_optimizer_is_refused_naming_the_flag_and_a_new_tr
                           "resume it with --optimizer lars, or start over with --fresh",
                           status=1)
     assert sorted(os.listdir(train_dir)) == files
-    resumed = train(4, "--optimizer", "lars", "--trust_coefficient", 0.002)
+    resumed = train(4, "--optimizer", "lars", "--trust_coefficient", 0.002,
+                    "--lars_output_layer", "global")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout and "finished at step 4" in resumed.stdout
-    assert "resuming with changes: --trust_coefficient 0.001 -> 0.002" in resumed.stdout
+    assert ("resuming with changes: --trust_coefficient 0.001 -> 0.002, --lars_output_layer "
+            "trust -> global") in resumed.stdout
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan"])

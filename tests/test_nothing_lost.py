@@ -174,8 +174,8 @@ def test_ctrl_c_saves_a_checkpoint_at_every_try(tiny_data, tmp_path, launcher, s
             job.communicate(timeout=180)
             assert wait_until_gone(train_dir), f"try {attempt}: a rank was left running"
         log = (train_dir / "train.log").read_text()
-        # Rank 0 writes at once when the signal reaches it first, or with every rank at the
-        # log step when another rank's request is what it hears of first.
+        # Rank 0 writes at once when it sees the request after a step, or with every rank at
+        # the log step when the request lands after that check (or on another rank first).
         written = re.search(r"SIG(?:INT|TERM) received: checkpoint of step (\d+) written|"
                             r"stopped by SIG(?:INT|TERM) at step (\d+); checkpoint written", log)
         assert written, f"try {attempt}: {log[-1500:]}"
