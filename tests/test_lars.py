@@ -1,12 +1,15 @@
 """Layer-wise adaptive rates (--optimizer lars): the step of each weight matrix against a hand
 computation, two ranks against one process on the union batch, and a resume that changes the
-optimizer. (Exact resume with LARS: test_train_distributed.py.)"""
+optimizer; the measurement tool tools/layer_steps.py against the checkpoint it reads. (Exact
+resume with LARS: test_train_distributed.py.)"""
 import os
+import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from helpers import assert_one_line_error, in_process, one_step, python_module
+from helpers import assert_one_line_error, in_process, one_step, python_module, run
 from hvd_cifar import train as train_module
 
 TRUST = 0.001  # tests/one_step.py's default --trust_coefficient
@@ -80,3 +83,36 @@ def test_resuming_with_another_optimizer_is_refused_and_new_lars_settings_are_sa
 def test_a_bad_trust_coefficient_is_named(value):
     assert_one_line_error(in_process(train_module.main, "--trust_coefficient", value),
                           "--trust_coefficient", status=2)
+
+
+def test_layer_steps_tool_reports_each_layer_of_a_checkpoint(trained):
+    # Under --lars_output_layer global: four matrices step by the trust ratio, one does not.
+    data_dir, train_dir = trained[:2]
+    checkpoint = os.path.join(train_dir, "ckpt-4")
+    result = run([sys.executable, os.path.join("tools", "layer_steps.py"), checkpoint,
+                  "--data_dir", str(data_dir), "--sgd_lr", "0.3", "--lars_lr", "2",
+                  "--trust_coefficient", "0.01", "--lars_output_layer", "global",
+                  "--batch_size", "8"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("step 4, loss ")
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in result.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| variable")]
+    layers = ["conv1", "conv2", "local3", "local4", "softmax_linear"]
+    assert [row[0] for row in rows] == [f"{layer}/{kind}" for layer in layers
+                                        for kind in ("kernel", "bias")]
+    # The raw weights of the checkpoint (not its moving averages), read here by their keys.
+    reader = tf.train.load_checkpoint(checkpoint)
+    for index, layer in enumerate(layers):
+        for kind in ("kernel", "bias"):
+            name, weight_norm, gradient_norm, sgd_step, lars_step = rows.pop(0)
+            weights = reader.get_tensor(
+                f"model/layer_with_weights-{index}/{kind}/.ATTRIBUTES/VARIABLE_VALUE")
+            assert float(weight_norm) == pytest.approx(np.linalg.norm(weights), abs=1e-3), name
+            assert float(gradient_norm) > 0, name
+            # Within the rounding of the printed norms (3 and 4 decimals).
+            rounding = 0.0005 / float(weight_norm) + 0.00005 / float(gradient_norm)
+            assert float(sgd_step) == pytest.approx(
+                0.3 * float(gradient_norm) / float(weight_norm), rel=rounding, abs=1e-4), name
+            at_global_rate = kind == "bias" or layer == "softmax_linear"
+            assert lars_step == ("(global rate)" if at_global_rate else "0.0200"), name

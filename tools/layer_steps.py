@@ -1,13 +1,14 @@
 """How far one update moves each layer: SGD's step against LARS's, at a checkpoint's weights.
 
     python tools/layer_steps.py CHECKPOINT --data_dir D --sgd_lr 0.3 --lars_lr 1.86 \
-        [--trust_coefficient 0.001] [--batch_size 1024]
+        [--trust_coefficient 0.001] [--lars_output_layer trust|global] [--batch_size 1024]
 
 CHECKPOINT is a checkpoint path of a training run (train_dir/ckpt-N). On one batch of distorted
 training images (the batch of step N of a one-rank shard), prints for each variable its norm
 |w|, the norm |g| of the training loss's gradient (weight decay included), the step relative to
 the weights that SGD takes, lr x |g| / |w|, and the one LARS gives every weight matrix,
-lr x trust coefficient (biases keep the global rate). These are one update's steps before
+lr x trust coefficient (biases keep the global rate, and so does the output layer's matrix
+under --lars_output_layer global). These are one update's steps before
 momentum: momentum m lengthens a step by up to 1 / (1 - m) while the gradients agree (10 times
 at 0.9), so compare runs of different momentum with that factor.
 """
@@ -26,6 +27,7 @@ def main():
     parser.add_argument("--sgd_lr", type=float, required=True)
     parser.add_argument("--lars_lr", type=float, required=True)
     parser.add_argument("--trust_coefficient", type=float, default=0.001)
+    parser.add_argument("--lars_output_layer", choices=["trust", "global"], default="trust")
     parser.add_argument("--batch_size", type=int, default=1024)
     args = parser.parse_args()
     model = model_lib.inference()
@@ -47,7 +49,10 @@ def main():
     print("|---|---|---|---|---|")
     for variable, gradient in zip(model.trainable_variables, gradients):
         weight_norm, gradient_norm = float(tf.norm(variable)), float(tf.norm(gradient))
-        lars = f"{lars_step:.4f}" if variable.shape.rank > 1 else "(global rate)"
+        at_global_rate = variable.shape.rank == 1 or (
+            args.lars_output_layer == "global"
+            and variable.name.split("/")[0] == model_lib.OUTPUT_LAYER)
+        lars = "(global rate)" if at_global_rate else f"{lars_step:.4f}"
         print(f"| {variable.name.split(':')[0]} | {weight_norm:.3f} | {gradient_norm:.4f} | "
               f"{args.sgd_lr * gradient_norm / weight_norm:.4f} | {lars} |")
 
