@@ -16,9 +16,6 @@ TRAIN_FLAGS ?=
 # on this JPEG copy of CIFAR-10 instead of downloading the official archive; it says so.
 JPEG_DATA  ?= ../shared/data/cifar10-jpeg.tar.gz
 PYTEST_ARGS ?=
-# make test's pytest-xdist workers: the suite waits on launchers, timeouts and Slurm as much as
-# it computes, so two workers on two cores take far less time than one (docs/results/test_suite.md).
-TEST_WORKERS ?= 2
 BENCH_STEPS ?= 100
 BENCH_REPEATS ?= 3
 
@@ -62,7 +59,7 @@ train: data
 
 test: install
 	bash tests/cluster/system_packages.sh
-	$(VENV_PYTHON) -m pytest -ra --durations=25 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) tests
+	$(VENV_PYTHON) -m pytest -ra --durations=25 $(PYTEST_ARGS) tests
 
 # No launcher, no training process, no root, no ../shared (tests/conftest.py marks the others).
 test-fast: install

@@ -8,10 +8,6 @@ uses and of the helpers it calls, and marks it
   shared    needs ../shared beside the clone (the CIFAR-10 JPEG copy).
 `make test-fast` runs the tests with none of them. A guard keeps the rule honest: a test it left
 unmarked that starts a launcher or a trainer anyway fails, naming the command.
-
-`make test` runs the tests on two pytest-xdist workers. Tests that use one of the machine's
-singletons (the Slurm cluster on localhost's fixed ports, the two network namespaces) are put in
-one xdist group each, so that `--dist loadgroup` runs them on one worker, one after the other.
 """
 import inspect
 import os
@@ -79,18 +75,12 @@ def sources_reached(item):
     return "\n".join(texts)
 
 
-MACHINE_SINGLETONS = ("slurm", "namespace_hosts")  # fixtures that set up one per machine
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         text = sources_reached(item)
         for name, pattern in NEEDS.items():
             if pattern.search(text):
                 item.add_marker(name)
-        for fixture in MACHINE_SINGLETONS:
-            if fixture in item.fixturenames:
-                item.add_marker(pytest.mark.xdist_group(fixture))
 
 
 HEAVY_COMMAND = re.compile(r"horovodrun|mpirun|\bsrun\b|sbatch|^make$|"

@@ -1,16 +1,12 @@
 """The shape of the code and its docs: the import graph, where Horovod may appear, the size of the
-loop and of the README, links that lead somewhere; and the suite's rule for its parallel workers."""
+loop and of the README, and links that lead somewhere."""
 import ast
 import glob
 import os
 import re
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
-from conftest import MACHINE_SINGLETONS
 from helpers import REPO_ROOT
 
 PACKAGE = os.path.join(REPO_ROOT, "hvd_cifar")
@@ -142,29 +138,3 @@ def test_every_docs_page_is_reachable_from_the_readme():
                 pending.append(linked)
     pages = glob.glob(os.path.join(REPO_ROOT, "docs", "*.md"))
     assert sorted(set(pages) - reached) == []
-
-
-def test_the_tests_of_each_machine_singleton_share_one_xdist_group_and_no_other_test_has_one(
-        tmp_path):
-    # Collects the whole suite with a plugin that prints each test's group and fixtures.
-    (tmp_path / "print_groups.py").write_text(textwrap.dedent("""
-        def pytest_collection_finish(session):
-            for item in session.items:
-                mark = item.get_closest_marker("xdist_group")
-                print("GROUP", mark.args[0] if mark else "-", ",".join(item.fixturenames))
-    """))
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "print_groups", "tests"],
-        cwd=REPO_ROOT, capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
-            str(tmp_path), os.environ.get("PYTHONPATH")]))})
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    collected = [line.split()[1:] for line in result.stdout.splitlines()
-                 if line.startswith("GROUP ")]
-    assert len(collected) > 200
-    seen = set()
-    for group, fixtures in collected:
-        expected = next((f for f in MACHINE_SINGLETONS if f in fixtures.split(",")), "-")
-        assert group == expected, fixtures
-        seen.add(group)
-    assert seen == {"-", *MACHINE_SINGLETONS}
