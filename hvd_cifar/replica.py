@@ -287,8 +287,11 @@ class LARS(tf.keras.optimizers.SGD):
         self.trust_coefficient = trust_coefficient
         self.global_rate_layers = tuple(global_rate_layers)
 
+    def steps_at_global_rate(self, variable):
+        return variable.shape.rank < 2 or variable.name.split("/")[0] in self.global_rate_layers
+
     def trust_ratio(self, gradient, variable):
-        if variable.shape.rank < 2 or variable.name.split("/")[0] in self.global_rate_layers:
+        if self.steps_at_global_rate(variable):
             return tf.constant(1.0, gradient.dtype)
         weight_norm = tf.norm(tf.cast(variable, gradient.dtype))
         gradient_norm = tf.norm(gradient)

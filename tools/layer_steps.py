@@ -16,7 +16,7 @@ import argparse
 
 import tensorflow as tf
 
-from hvd_cifar import checkpoint as checkpoint_lib, model as model_lib
+from hvd_cifar import checkpoint as checkpoint_lib, model as model_lib, replica
 from hvd_cifar.data import download, pipeline, records
 
 
@@ -44,15 +44,16 @@ def main():
         loss = model_lib.loss(model, model(images, training=True), labels)
     gradients = tape.gradient(loss, model.trainable_variables)
     lars_step = args.lars_lr * args.trust_coefficient
+    # The trainer's LARS, only asked which weights it steps at the global rate.
+    lars_optimizer = replica.LARS(args.trust_coefficient, (model_lib.OUTPUT_LAYER,) if (
+        args.lars_output_layer == "global") else ())
     print(f"step {int(step)}, loss {float(loss):.3f} on {args.batch_size} training images\n")
     print("| variable | \\|w\\| | \\|g\\| | SGD lr x \\|g\\| / \\|w\\| | LARS lr x trust |")
     print("|---|---|---|---|---|")
     for variable, gradient in zip(model.trainable_variables, gradients):
         weight_norm, gradient_norm = float(tf.norm(variable)), float(tf.norm(gradient))
-        at_global_rate = variable.shape.rank == 1 or (
-            args.lars_output_layer == "global"
-            and variable.name.split("/")[0] == model_lib.OUTPUT_LAYER)
-        lars = "(global rate)" if at_global_rate else f"{lars_step:.4f}"
+        lars = ("(global rate)" if lars_optimizer.steps_at_global_rate(variable)
+                else f"{lars_step:.4f}")
         print(f"| {variable.name.split(':')[0]} | {weight_norm:.3f} | {gradient_norm:.4f} | "
               f"{args.sgd_lr * gradient_norm / weight_norm:.4f} | {lars} |")
 
