@@ -226,8 +226,9 @@ def bench_horovod(config, scratch_dir):
     # Horovod: every rank measures its own shard at once, as in training.
     inputs, batches_by_path = input_measurements(config, batches_dir, size, rank, total)
 
-    step_config = StepConfig(batch_size=config.batch_size, lr_scaling="none",
-                                   xla=config.xla, fp16_allreduce=config.fp16_allreduce)
+    # The optimizer training would choose for these ranks; a constant rate (no decay to end).
+    step_config = StepConfig(batch_size=config.batch_size, lr_scaling="none", lr_decay="staircase",
+                             xla=config.xla, fp16_allreduce=config.fp16_allreduce)
     replica = Replica(step_config, size, steps_per_epoch=1)
     hvd.broadcast_variables(replica.state_variables(), root_rank=0)
 

@@ -78,6 +78,7 @@ class RunOutput:
                   f"{replica.warmup_steps} steps"
                   + (f", distortions on the {record['augment_on']}" if record.get("augment_on")
                      else ""))
+        self.line(f"hvd_cifar: optimizer: {replica.optimizer_rule}")
         for note in self.notes:
             self.line(f"hvd_cifar: {note}")
         self.notes = []

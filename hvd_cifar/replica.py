@@ -27,6 +27,14 @@ DEFAULT_WARMUP_EPOCHS = 5.0   # Goyal et al. 2017: linear warm-up over the first
 # 0.4 and 0.5 show loss jumps, 0.3 does not, and the linear rule's 0.8 at 8 workers oscillates
 # or diverges (docs/results/lr_policy.md).
 DEFAULT_MAX_LR = 0.3
+# The large-batch policy (docs/results/lr_policy.md): from this many workers on (W = ranks x
+# backward passes), LARS by default, as SGD makes too few updates of too small a rate there.
+LARS_FROM_WORKERS = 16
+# LARS's defaults: each weight matrix moves by rate x trust = 0.3 x 0.00125 x W of its norm an
+# update, the paper's 0.3% share at 8 workers, with momentum, a shorter warm-up and a decay to 0.
+LARS_TRUST_PER_WORKER = 0.00125
+LARS_MOMENTUM = 0.9
+LARS_WARMUP_EPOCHS = 2.0
 # Stop when a logged loss exceeds this multiple of its running mean after warm-up.
 LOSS_EXPLOSION_FACTOR = 4.0
 
@@ -43,31 +51,74 @@ class StepConfig(DeviceFlags, AllreduceFlags, pipeline.AugmentFlags):
                            choices=("linear", "sqrt", "none"))
     max_lr: float = flag(DEFAULT_MAX_LR, "cap on the scaled learning rate (this network "
                          "diverges with 0.8 at 8 workers); 0 means no cap", non_negative_float)
-    warmup_epochs: float = flag(None, "epochs of linear warm-up from lr to the scaled rate "
-                                f"(default: {DEFAULT_WARMUP_EPOCHS:g} when W > 1, "
-                                "else 0)", non_negative_float)
-    lr_decay: str = flag("staircase", "after warm-up: the tutorial's staircase (x0.1 every "
+    warmup_epochs: float = flag(None, "epochs of linear warm-up to the scaled rate, from lr "
+                                "(SGD) or from the scaled rate / W (LARS) (default: "
+                                f"{DEFAULT_WARMUP_EPOCHS:g} under SGD and "
+                                f"{LARS_WARMUP_EPOCHS:g} under LARS when W > 1, else 0)",
+                                non_negative_float)
+    lr_decay: str = flag(None, "after warm-up: the tutorial's staircase (x0.1 every "
                          f"{NUM_EPOCHS_PER_DECAY:g} epochs), or polynomial: the rate falls as "
-                         "(1 - progress)^2 to 0 at --max_steps (You et al. 2017)",
+                         "(1 - progress)^2 to 0 at --max_steps (You et al. 2017) (default: "
+                         "staircase under SGD, polynomial under LARS)",
                          choices=("staircase", "polynomial"))
-    momentum: float = flag(0.0, "SGD momentum (the tutorial uses plain SGD)",
-                           non_negative_float)
-    optimizer: str = flag("sgd", "sgd: the tutorial's SGD; lars: SGD whose step of each weight "
+    momentum: float = flag(None, "momentum (default: 0 under SGD, as the tutorial; "
+                           f"{LARS_MOMENTUM:g} under LARS)", non_negative_float)
+    optimizer: str = flag(None, "sgd: the tutorial's SGD; lars: SGD whose step of each weight "
                           "matrix is scaled by --trust_coefficient x |w| / |g| after the "
                           "all-reduce (layer-wise adaptive rates, You et al. 2017; biases keep "
-                          "the global rate)", choices=("sgd", "lars"))
-    trust_coefficient: float = flag(0.001, "LARS's trust coefficient: a weight matrix's step "
-                                    "is this share of its norm, times the learning rate",
+                          "the global rate) (default: sgd below W = "
+                          f"{LARS_FROM_WORKERS}, lars from there on; sgd with --elastic)",
+                          choices=("sgd", "lars"))
+    trust_coefficient: float = flag(None, "LARS's trust coefficient: a weight matrix's step "
+                                    "is this share of its norm, times the learning rate "
+                                    f"(default: {LARS_TRUST_PER_WORKER:g} x W)",
                                     positive_float)
-    lars_output_layer: str = flag("trust", "under LARS, the output layer's weight matrix "
+    lars_output_layer: str = flag(None, "under LARS, the output layer's weight matrix "
                                   "(softmax_linear) steps by its trust ratio like the others "
                                   "(trust, the paper), or at the global rate like the biases "
-                                  "(global)", choices=("trust", "global"))
+                                  "(global, the default)", choices=("trust", "global"))
     use_fp16: bool = flag(False, "compute in float16 with float32 variables (mixed_float16, "
                           "GPUs) and dynamic loss scaling")
     backward_passes_per_step: int = flag(1, "backward passes whose gradients are summed "
                                          "locally before one all-reduce and update",
                                          positive_int)
+
+
+def choose_optimizer(config, ranks, elastic=False):
+    """config with the optimizer and the settings left to their defaults chosen for a job of
+    `ranks` ranks: a global batch of W = ranks x backward passes worker batches. An elastic
+    job's W changes as it runs, so it takes SGD unless told, and LARS's trust coefficient must
+    then be given."""
+    # Horovod: one update averages the gradients of W worker batches.
+    workers = ranks * config.backward_passes_per_step
+    if config.optimizer is None:
+        optimizer = "lars" if workers >= LARS_FROM_WORKERS and not elastic else "sgd"
+    else:
+        optimizer = config.optimizer
+    lars = optimizer == "lars"
+    if lars and elastic and config.trust_coefficient is None:
+        raise UserError("--elastic with --optimizer lars needs --trust_coefficient: its "
+                        "default follows the number of workers, which an elastic job changes")
+    trust = config.trust_coefficient
+    if trust is None:
+        trust = LARS_TRUST_PER_WORKER * workers
+    momentum = config.momentum
+    if momentum is None:
+        momentum = LARS_MOMENTUM if lars else 0.0
+    return dataclasses.replace(
+        config, optimizer=optimizer, momentum=momentum, trust_coefficient=trust,
+        lars_output_layer=config.lars_output_layer or "global",
+        lr_decay=config.lr_decay or ("polynomial" if lars else "staircase"))
+
+
+def optimizer_rule(config):
+    """The optimizer of a chosen config, in words."""
+    if config.optimizer == "sgd":
+        return f"SGD, momentum {config.momentum:g}"
+    output = ("at the global rate" if config.lars_output_layer == "global"
+              else "by its trust ratio")
+    return (f"LARS, trust coefficient {config.trust_coefficient:g}, momentum "
+            f"{config.momentum:g}, the output layer's matrix {output}")
 
 
 def optimizer_record(config):
@@ -133,17 +184,23 @@ def learning_rate_schedule(config, size, steps_per_epoch, end_step=None):
     # Horovod: one update averages the gradients of size ranks x backward passes, a global
     # batch that many times one worker's, so the rate grows with it (Goyal et al. 2017).
     workers = size * config.backward_passes_per_step
+    config = choose_optimizer(config, size)
+    lars = config.optimizer == "lars"
     peak_lr, rule = scaled_learning_rate(config.lr, workers, config.lr_scaling, config.max_lr)
     warmup_epochs = config.warmup_epochs
     if warmup_epochs is None:
         # Horovod: warm up only when the rate was scaled.
-        warmup_epochs = DEFAULT_WARMUP_EPOCHS if workers > 1 else 0.0
+        warmup_epochs = ((LARS_WARMUP_EPOCHS if lars else DEFAULT_WARMUP_EPOCHS)
+                         if workers > 1 else 0.0)
+    # SGD warms up from one worker's rate; LARS from the peak's share of one worker, as the
+    # layer-wise steps start small whatever the cap.
+    warmup_start = peak_lr / workers if lars else min(config.lr, peak_lr)
     polynomial = config.lr_decay == "polynomial"
     if polynomial:
         if end_step is None:
             raise ValueError("a polynomial decay needs the step it ends at")
         rule += f", polynomial decay to 0 at step {end_step}"
-    schedule = LearningRateSchedule(min(config.lr, peak_lr), peak_lr,
+    schedule = LearningRateSchedule(warmup_start, peak_lr,
                                     int(round(warmup_epochs * steps_per_epoch)),
                                     int(NUM_EPOCHS_PER_DECAY * steps_per_epoch),
                                     end_step=end_step if polynomial else None)
@@ -159,7 +216,8 @@ class Replica:
     steps_per_epoch steps an epoch."""
 
     def __init__(self, config, size=None, steps_per_epoch=None):
-        self.config = config
+        # The optimizer is built now, for the workers of a config not yet chosen for them.
+        self.config = config = choose_optimizer(config, size or 1)
         self.model = model_lib.inference(config.use_fp16)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         # The rate is set from the schedule before every step.
@@ -180,7 +238,7 @@ class Replica:
         if config.use_fp16:
             # The loss is scaled before and unscaled after the Horovod all-reduce.
             optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
-        self.optimizer = optimizer
+        self.optimizer, self.optimizer_rule = optimizer, optimizer_rule(config)
         self.optimizer.build(self.model.trainable_variables)
         # The tutorial's ExponentialMovingAverage(0.9999, global_step): the decay is
         # min(0.9999, (1 + step) / (10 + step)), so the averages follow early training closely.

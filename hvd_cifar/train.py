@@ -26,7 +26,8 @@ from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Wat
                                    pin_devices, set_launch_defaults, set_timeline)
 from hvd_cifar.output import RunOutput
 from hvd_cifar.rank_input import augmentation_place, ready_data_and_count_steps, rank_batches
-from hvd_cifar.replica import Replica, StepConfig, check_loss, optimizer_record, weights_digest
+from hvd_cifar.replica import (Replica, StepConfig, check_loss, choose_optimizer, optimizer_record,
+                               weights_digest)
 
 # Longer than anything a healthy rank waits for between two marks of the watchdog: a
 # checkpoint on a slow shared file system, the first step's tracing or XLA compilation, a long
@@ -78,7 +79,7 @@ def train(config):
     device = pin_devices(hvd.local_rank(), hvd.local_size(), config.threads_per_rank)
     # Python, NumPy and TensorFlow: Keras initializers without a seed draw one from Python.
     tf.keras.utils.set_random_seed(config.seed)
-    trainer = Trainer(config, device)
+    trainer = Trainer(choose_optimizer(config, hvd.size(), config.elastic), device)  # Horovod:
     try:
         if config.elastic:
             # Horovod: an elastic job keeps its state in host memory, committed every
@@ -137,8 +138,7 @@ class Trainer:
         global_batch = config.batch_size * size * config.backward_passes_per_step  # Horovod:
         record = {"ranks": size, "global_batch": global_batch, "lr_rule": replica.lr_rule,
                   "steps_per_epoch": replica.steps_per_epoch, **optimizer_record(config),
-                  "use_fp16": config.use_fp16,
-                  "augment_on": augmentation_place(config)}
+                  "use_fp16": config.use_fp16, "augment_on": augmentation_place(config)}
         # Horovod: rank 0 opens the log and says how the run is set up.
         fail_together(lambda: self.output.open(replica, job, record, step, restored)
                       if self.is_chief else None)

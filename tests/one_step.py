@@ -30,7 +30,9 @@ args = parser.parse_args()
 
 hvd.init()
 tf.keras.utils.set_random_seed(1)
+# Plain steps at a constant rate: no momentum (one step would take the same), no decay.
 config = StepConfig(batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.0, max_lr=0.0,
+                    momentum=0.0, lr_decay="staircase",
                     backward_passes_per_step=args.passes, optimizer=args.optimizer,
                     trust_coefficient=args.trust_coefficient,
                     lars_output_layer=args.lars_output_layer)

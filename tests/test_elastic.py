@@ -86,7 +86,8 @@ def test_a_killed_worker_is_dropped_and_no_step_is_lost_beyond_the_last_commit(
 def test_an_added_host_joins_with_the_current_state(tiny_data, tmp_path):
     # LARS with momentum: the state a joiner must receive includes the optimizer's slots.
     with elastic_job_at_step_20(tiny_data, tmp_path, "localhost",
-                                train_flags=("--optimizer", "lars", "--momentum", "0.9")) as (
+                                train_flags=("--optimizer", "lars", "--momentum", "0.9",
+                                             "--trust_coefficient", "0.0025")) as (
             job, hosts, _):
         write_hosts(hosts, "localhost", "127.0.0.1")
         output = finish(job)

@@ -2,6 +2,7 @@
 computation, two ranks against one process on the union batch, and a resume that changes the
 optimizer; the measurement tool tools/layer_steps.py against the checkpoint it reads. (Exact
 resume with LARS: test_train_distributed.py.)"""
+import json
 import os
 import sys
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_one_line_error, in_process, one_step, python_module, run
+from helpers import assert_one_line_error, in_process, one_step, python_module, run, scalars
 from hvd_cifar import train as train_module
 
 TRUST = 0.001  # tests/one_step.py's default --trust_coefficient
@@ -66,17 +67,43 @@ def test_resuming_with_another_optimizer_is_refused_and_new_lars_settings_are_sa
 
     first = train(2, "--optimizer", "lars")
     assert first.returncode == 0, first.stderr
+    # One worker: LARS's defaults are the trust coefficient 0.00125 x 1 and the output layer
+    # at the global rate.
+    assert ("optimizer: LARS, trust coefficient 0.00125, momentum 0.9, the output layer's "
+            "matrix at the global rate") in first.stdout
     files = sorted(os.listdir(train_dir))
     assert_one_line_error(train(4), f"--train_dir {train_dir} was trained with --optimizer lars",
                           "resume it with --optimizer lars, or start over with --fresh",
                           status=1)
     assert sorted(os.listdir(train_dir)) == files
     resumed = train(4, "--optimizer", "lars", "--trust_coefficient", 0.002,
-                    "--lars_output_layer", "global")
+                    "--lars_output_layer", "trust")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout and "finished at step 4" in resumed.stdout
-    assert ("resuming with changes: --trust_coefficient 0.001 -> 0.002, --lars_output_layer "
-            "trust -> global") in resumed.stdout
+    # LARS decays to 0 at --max_steps by default, so the longer run's rule changed too.
+    assert ("resuming with changes: learning-rate rule linear scaling: 0.1 x 1, polynomial "
+            "decay to 0 at step 2 -> linear scaling: 0.1 x 1, polynomial decay to 0 at step 4, "
+            "--trust_coefficient 0.00125 -> 0.002, --lars_output_layer global -> trust"
+            ) in resumed.stdout
+
+
+@pytest.mark.parametrize("passes, optimizer, first_rate", [
+    (8, "SGD, momentum 0", 0.1),
+    (16, "LARS, trust coefficient 0.02, momentum 0.9, the output layer's matrix at the global "
+         "rate", 0.3 / 16)])
+def test_the_optimizer_follows_the_global_batch_and_rank_0_says_which(
+        tmp_path, passes, optimizer, first_rate):
+    # W = 1 rank x passes: SGD up to 8 workers' batches, LARS from 16 on.
+    result = python_module("hvd_cifar.train", "--synthetic", "--batch_size", 2,
+                           "--backward_passes_per_step", passes, "--log_frequency", 1,
+                           "--train_dir", tmp_path, "--max_steps", 2)
+    assert result.returncode == 0, result.stderr
+    assert f"hvd_cifar: optimizer: {optimizer}\n" in result.stdout
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["optimizer"] == ("lars" if passes == 16 else "sgd")
+    assert record["trust_coefficient"] == (0.02 if passes == 16 else None)
+    # The first update's rate: one worker's (SGD) or the capped peak's share of one (LARS).
+    assert scalars(str(tmp_path), "learning_rate")[1] == pytest.approx(first_rate)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan"])

@@ -178,10 +178,68 @@ def test_backward_passes_count_as_workers_for_the_rate_and_the_warm_up():
 
 @pytest.mark.parametrize("size, rate", [(1, 0.1), (2, 0.2), (8, 0.3), (64, 0.3)])
 def test_the_default_policy_is_linear_scaling_capped_at_0_3(size, rate):
-    schedule, rule = replica_lib.learning_rate_schedule(replica_lib.StepConfig(), size, 100)
+    schedule, rule = replica_lib.learning_rate_schedule(replica_lib.StepConfig(), size, 100,
+                                                        end_step=10_000)
     assert schedule.peak_lr == pytest.approx(rate)
     assert rule.startswith(f"linear scaling: 0.1 x {size}")
     assert ("capped by --max_lr 0.3" in rule) == (size > 3)
+
+
+@pytest.mark.parametrize("ranks, passes", [(1, 1), (2, 1), (8, 1), (2, 4), (15, 1)])
+def test_below_16_workers_the_default_is_the_tutorials_sgd_with_a_5_epoch_warm_up(ranks, passes):
+    config = replica_lib.choose_optimizer(replica_lib.StepConfig(backward_passes_per_step=passes),
+                                          ranks)
+    assert (config.optimizer, config.momentum, config.lr_decay) == ("sgd", 0.0, "staircase")
+    schedule, rule = replica_lib.learning_rate_schedule(config, ranks, 10)
+    assert schedule.warmup_steps == (50 if ranks * passes > 1 else 0)
+    assert float(schedule(0)) == pytest.approx(0.1)  # from one worker's rate
+    assert "polynomial" not in rule
+
+
+@pytest.mark.parametrize("ranks, passes", [(16, 1), (32, 1), (2, 16), (64, 1)])
+def test_from_16_workers_the_default_is_lars_with_the_measured_recipe(ranks, passes):
+    workers = ranks * passes
+    config = replica_lib.choose_optimizer(replica_lib.StepConfig(backward_passes_per_step=passes),
+                                          ranks)
+    assert (config.optimizer, config.momentum, config.lars_output_layer, config.lr_decay) == (
+        "lars", 0.9, "global", "polynomial")
+    assert config.trust_coefficient == pytest.approx(0.00125 * workers)
+    schedule, rule = replica_lib.learning_rate_schedule(config, ranks, 12, end_step=500)
+    # 2 epochs of warm-up from the capped peak's share of one worker, then a decay to 0.
+    assert schedule.warmup_steps == 24 and schedule.peak_lr == pytest.approx(0.3)
+    assert float(schedule(0)) == pytest.approx(0.3 / workers)
+    assert float(schedule(24)) == pytest.approx(0.3)
+    assert float(schedule(500)) == 0.0
+    assert rule == (f"linear scaling: 0.1 x {workers} = {0.1 * workers:.4g}, capped by "
+                    "--max_lr 0.3, polynomial decay to 0 at step 500")
+    assert replica_lib.optimizer_rule(config) == (
+        f"LARS, trust coefficient {0.00125 * workers:g}, momentum 0.9, the output layer's "
+        "matrix at the global rate")
+
+
+def test_flags_given_are_kept_whatever_the_number_of_workers():
+    sgd = replica_lib.choose_optimizer(replica_lib.StepConfig(optimizer="sgd"), 32)
+    assert (sgd.optimizer, sgd.momentum, sgd.lr_decay) == ("sgd", 0.0, "staircase")
+    lars = replica_lib.choose_optimizer(replica_lib.StepConfig(
+        optimizer="lars", momentum=0.5, trust_coefficient=0.001, lars_output_layer="trust",
+        lr_decay="staircase"), 2)
+    assert (lars.optimizer, lars.momentum, lars.trust_coefficient, lars.lars_output_layer,
+            lars.lr_decay) == ("lars", 0.5, 0.001, "trust", "staircase")
+    assert replica_lib.optimizer_rule(lars) == ("LARS, trust coefficient 0.001, momentum 0.5, "
+                                                "the output layer's matrix by its trust ratio")
+    # A chosen config is chosen again unchanged, whatever the ranks (an elastic resize).
+    assert replica_lib.choose_optimizer(lars, 64) == lars
+
+
+def test_an_elastic_job_takes_sgd_unless_told_and_lars_there_needs_its_trust_coefficient():
+    chosen = replica_lib.choose_optimizer(replica_lib.StepConfig(), 32, elastic=True)
+    assert chosen.optimizer == "sgd"
+    with pytest.raises(UserError, match="--elastic with --optimizer lars needs "
+                                        "--trust_coefficient"):
+        replica_lib.choose_optimizer(replica_lib.StepConfig(optimizer="lars"), 2, elastic=True)
+    told = replica_lib.choose_optimizer(
+        replica_lib.StepConfig(optimizer="lars", trust_coefficient=0.01), 2, elastic=True)
+    assert told.trust_coefficient == 0.01
 
 
 @pytest.mark.parametrize("scaling, size, rate", [("sqrt", 64, 0.3), ("sqrt", 4, 0.2),
