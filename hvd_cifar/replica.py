@@ -100,7 +100,7 @@ def choose_optimizer(config, ranks, elastic=False):
         raise UserError("--elastic with --optimizer lars needs --trust_coefficient: its "
                         "default follows the number of workers, which an elastic job changes")
     trust = config.trust_coefficient
-    if trust is None:
+    if trust is None and lars:  # SGD has none
         trust = LARS_TRUST_PER_WORKER * workers
     momentum = config.momentum
     if momentum is None:
