@@ -34,11 +34,14 @@ def main(out_prefix, runs):
         with open(os.path.join(train_dir, "eval_curve.json")) as f:
             curves[label] = (int(global_batch), json.load(f))
     figure, axes = plt.subplots(figsize=(8, 5))
-    for label, (global_batch, curve) in curves.items():
+    # The colour cycle has ten colours: past ten curves the line style tells them apart.
+    run_styles = ["o-", "s--", "^:"]
+    colours = len(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    for index, (label, (global_batch, curve)) in enumerate(curves.items()):
         axes.plot([c["global_step"] * global_batch / 1e6 for c in curve],
                   [c["precision_at_1"] for c in curve],
-                  "D" if label in published else "o-", markersize=8 if label in published else 4,
-                  label=label)
+                  "D" if label in published else run_styles[index // colours % len(run_styles)],
+                  markersize=8 if label in published else 4, label=label)
     axes.set_xlabel("images seen (millions)")
     axes.set_ylabel("precision @ 1 (moving averages, 10,000 test images)")
     axes.grid(alpha=0.3)
