@@ -34,7 +34,7 @@ def main(out_prefix, runs):
         with open(os.path.join(train_dir, "eval_curve.json")) as f:
             curves[label] = (int(global_batch), json.load(f))
     figure, axes = plt.subplots(figsize=(8, 5))
-    # The colour cycle has ten colours: past ten curves the line style tells them apart.
+    # The colour cycle repeats after its length: past it, the line style tells runs apart.
     run_styles = ["o-", "s--", "^:"]
     colours = len(plt.rcParams["axes.prop_cycle"].by_key()["color"])
     for index, (label, (global_batch, curve)) in enumerate(curves.items()):
