@@ -28,10 +28,12 @@ DEFAULT_WARMUP_EPOCHS = 5.0   # Goyal et al. 2017: linear warm-up over the first
 # or diverges (docs/results/lr_policy.md).
 DEFAULT_MAX_LR = 0.3
 # The large-batch policy (docs/results/lr_policy.md): from this many workers on (W = ranks x
-# backward passes), LARS by default, as SGD makes too few updates of too small a rate there.
-LARS_FROM_WORKERS = 16
+# backward passes), LARS by default: at 8 and 32 workers SGD's capped rate makes too few updates
+# to keep up with batch 128, while LARS's matrices each step by their own share.
+LARS_FROM_WORKERS = 8
 # LARS's defaults: each weight matrix moves by rate x trust = 0.3 x 0.00125 x W of its norm an
-# update, the paper's 0.3% share at 8 workers, with momentum, a shorter warm-up and a decay to 0.
+# update, the paper's 0.3% share at 8 workers, with momentum and a shorter warm-up; the rate then
+# follows the tutorial's staircase (a decay to 0 at --max_steps ended lower).
 LARS_TRUST_PER_WORKER = 0.00125
 LARS_MOMENTUM = 0.9
 LARS_WARMUP_EPOCHS = 2.0
@@ -59,7 +61,7 @@ class StepConfig(DeviceFlags, AllreduceFlags, pipeline.AugmentFlags):
     lr_decay: str = flag(None, "after warm-up: the tutorial's staircase (x0.1 every "
                          f"{NUM_EPOCHS_PER_DECAY:g} epochs), or polynomial: the rate falls as "
                          "(1 - progress)^2 to 0 at --max_steps (You et al. 2017) (default: "
-                         "staircase under SGD, polynomial under LARS)",
+                         "staircase)",
                          choices=("staircase", "polynomial"))
     momentum: float = flag(None, "momentum (default: 0 under SGD, as the tutorial; "
                            f"{LARS_MOMENTUM:g} under LARS)", non_negative_float)
@@ -108,7 +110,7 @@ def choose_optimizer(config, ranks, elastic=False):
     return dataclasses.replace(
         config, optimizer=optimizer, momentum=momentum, trust_coefficient=trust,
         lars_output_layer=config.lars_output_layer or "global",
-        lr_decay=config.lr_decay or ("polynomial" if lars else "staircase"))
+        lr_decay=config.lr_decay or "staircase")
 
 
 def optimizer_rule(config):

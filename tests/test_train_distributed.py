@@ -107,9 +107,7 @@ def test_the_logged_rate_warms_up_to_lr_times_ranks_then_decays_and_a_moved_end_
 
 @pytest.mark.parametrize("optimizer", ["sgd", "lars"])
 def test_a_rerun_resumes_exactly_where_the_first_run_stopped(tiny_data, tmp_path, optimizer):
-    # One decay for both lengths (LARS's default decay ends at --max_steps).
-    flags = ("--optimizer", optimizer, "--momentum", 0.9 if optimizer == "lars" else 0.0,
-             "--lr_decay", "staircase")
+    flags = ("--optimizer", optimizer, "--momentum", 0.9 if optimizer == "lars" else 0.0)
     uninterrupted = train_2_ranks("gloo", tiny_data, tmp_path / "a", "--max_steps", 20, *flags)
     first = train_2_ranks("gloo", tiny_data, tmp_path / "b", "--max_steps", 10, *flags)
     assert "starting at step 0" in first.stdout

@@ -169,7 +169,8 @@ def test_a_terminal_gets_a_progress_bar_and_the_log_file_gets_the_lines(tmp_path
 
 
 def test_backward_passes_count_as_workers_for_the_rate_and_the_warm_up():
-    schedule, rule = replica_lib.learning_rate_schedule(config(backward_passes_per_step=4), 2, 10)
+    schedule, rule = replica_lib.learning_rate_schedule(
+        config(backward_passes_per_step=4, optimizer="sgd"), 2, 10)
     assert rule == "linear scaling: 0.1 x 8" and schedule.peak_lr == pytest.approx(0.8)
     assert schedule.warmup_steps == 50
     alone, _ = replica_lib.learning_rate_schedule(config(backward_passes_per_step=2), 1, 10)
@@ -185,33 +186,37 @@ def test_the_default_policy_is_linear_scaling_capped_at_0_3(size, rate):
     assert ("capped by --max_lr 0.3" in rule) == (size > 3)
 
 
-@pytest.mark.parametrize("ranks, passes", [(1, 1), (2, 1), (8, 1), (2, 4), (15, 1)])
-def test_below_16_workers_the_default_is_the_tutorials_sgd_with_a_5_epoch_warm_up(ranks, passes):
+@pytest.mark.parametrize("ranks, passes", [(1, 1), (2, 1), (4, 1), (2, 2), (7, 1)])
+def test_below_8_workers_the_default_is_the_tutorials_sgd_with_a_5_epoch_warm_up(ranks, passes):
     config = replica_lib.choose_optimizer(replica_lib.StepConfig(backward_passes_per_step=passes),
                                           ranks)
     assert (config.optimizer, config.momentum, config.lr_decay) == ("sgd", 0.0, "staircase")
+    assert config.trust_coefficient is None
     schedule, rule = replica_lib.learning_rate_schedule(config, ranks, 10)
     assert schedule.warmup_steps == (50 if ranks * passes > 1 else 0)
     assert float(schedule(0)) == pytest.approx(0.1)  # from one worker's rate
     assert "polynomial" not in rule
 
 
-@pytest.mark.parametrize("ranks, passes", [(16, 1), (32, 1), (2, 16), (64, 1)])
-def test_from_16_workers_the_default_is_lars_with_the_measured_recipe(ranks, passes):
+@pytest.mark.parametrize("ranks, passes", [(8, 1), (2, 4), (16, 1), (32, 1), (2, 16), (64, 1)])
+def test_from_8_workers_the_default_is_lars_with_the_measured_recipe(ranks, passes):
     workers = ranks * passes
     config = replica_lib.choose_optimizer(replica_lib.StepConfig(backward_passes_per_step=passes),
                                           ranks)
     assert (config.optimizer, config.momentum, config.lars_output_layer, config.lr_decay) == (
-        "lars", 0.9, "global", "polynomial")
+        "lars", 0.9, "global", "staircase")
     assert config.trust_coefficient == pytest.approx(0.00125 * workers)
-    schedule, rule = replica_lib.learning_rate_schedule(config, ranks, 12, end_step=500)
-    # 2 epochs of warm-up from the capped peak's share of one worker, then a decay to 0.
+    steps_an_epoch = 12
+    schedule, rule = replica_lib.learning_rate_schedule(config, ranks, steps_an_epoch)
+    # 2 epochs of warm-up from the capped peak's share of one worker, then the peak held until
+    # the tutorial's first step down at 350 epochs.
     assert schedule.warmup_steps == 24 and schedule.peak_lr == pytest.approx(0.3)
     assert float(schedule(0)) == pytest.approx(0.3 / workers)
     assert float(schedule(24)) == pytest.approx(0.3)
-    assert float(schedule(500)) == 0.0
+    assert float(schedule(350 * steps_an_epoch - 1)) == pytest.approx(0.3)
+    assert float(schedule(350 * steps_an_epoch)) == pytest.approx(0.03)
     assert rule == (f"linear scaling: 0.1 x {workers} = {0.1 * workers:.4g}, capped by "
-                    "--max_lr 0.3, polynomial decay to 0 at step 500")
+                    "--max_lr 0.3")
     assert replica_lib.optimizer_rule(config) == (
         f"LARS, trust coefficient {0.00125 * workers:g}, momentum 0.9, the output layer's "
         "matrix at the global rate")
