@@ -58,10 +58,9 @@ class StepConfig(DeviceFlags, AllreduceFlags, pipeline.AugmentFlags):
                                 f"{DEFAULT_WARMUP_EPOCHS:g} under SGD and "
                                 f"{LARS_WARMUP_EPOCHS:g} under LARS when W > 1, else 0)",
                                 non_negative_float)
-    lr_decay: str = flag(None, "after warm-up: the tutorial's staircase (x0.1 every "
+    lr_decay: str = flag("staircase", "after warm-up: the tutorial's staircase (x0.1 every "
                          f"{NUM_EPOCHS_PER_DECAY:g} epochs), or polynomial: the rate falls as "
-                         "(1 - progress)^2 to 0 at --max_steps (You et al. 2017) (default: "
-                         "staircase)",
+                         "(1 - progress)^2 to 0 at --max_steps (You et al. 2017)",
                          choices=("staircase", "polynomial"))
     momentum: float = flag(None, "momentum (default: 0 under SGD, as the tutorial; "
                            f"{LARS_MOMENTUM:g} under LARS)", non_negative_float)
@@ -109,8 +108,7 @@ def choose_optimizer(config, ranks, elastic=False):
         momentum = LARS_MOMENTUM if lars else 0.0
     return dataclasses.replace(
         config, optimizer=optimizer, momentum=momentum, trust_coefficient=trust,
-        lars_output_layer=config.lars_output_layer or "global",
-        lr_decay=config.lr_decay or "staircase")
+        lars_output_layer=config.lars_output_layer or "global")
 
 
 def optimizer_rule(config):
