@@ -45,7 +45,7 @@ def main(out_prefix, runs):
     axes.set_xlabel("images seen (millions)")
     axes.set_ylabel("precision @ 1 (moving averages, 10,000 test images)")
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(loc="lower right", fontsize="small")  # learning curves leave it empty
     figure.tight_layout()
     figure.savefig(f"{out_prefix}.png", dpi=100)
     # One row per number of images seen; each run's precision there, and how far it is from
