@@ -32,8 +32,7 @@ DEFAULT_MAX_LR = 0.3
 # to keep up with batch 128, while LARS's matrices each step by their own share.
 LARS_FROM_WORKERS = 8
 # LARS's defaults: each weight matrix moves by rate x trust = 0.3 x 0.00125 x W of its norm an
-# update, the paper's 0.3% share at 8 workers, with momentum and a shorter warm-up; the rate then
-# follows the tutorial's staircase (a decay to 0 at --max_steps ended lower).
+# update, the paper's 0.3% share at 8 workers, with momentum and a shorter warm-up.
 LARS_TRUST_PER_WORKER = 0.00125
 LARS_MOMENTUM = 0.9
 LARS_WARMUP_EPOCHS = 2.0
@@ -58,6 +57,7 @@ class StepConfig(DeviceFlags, AllreduceFlags, pipeline.AugmentFlags):
                                 f"{DEFAULT_WARMUP_EPOCHS:g} under SGD and "
                                 f"{LARS_WARMUP_EPOCHS:g} under LARS when W > 1, else 0)",
                                 non_negative_float)
+    # The staircase under LARS too: a decay to 0 at --max_steps ended lower (lr_policy.md).
     lr_decay: str = flag("staircase", "after warm-up: the tutorial's staircase (x0.1 every "
                          f"{NUM_EPOCHS_PER_DECAY:g} epochs), or polynomial: the rate falls as "
                          "(1 - progress)^2 to 0 at --max_steps (You et al. 2017)",
