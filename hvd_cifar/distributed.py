@@ -137,15 +137,21 @@ class StopRequest:
     """Remembers a SIGTERM (Slurm preemption or time limit, via --signal, a launcher passing
     on a stop) or SIGINT (Ctrl-C); the training loop acts on it at its next log step, where
     every rank learns of it together. A second signal changes nothing: the stop under way
-    goes on."""
+    goes on, unless second_interrupt_ends_process is set (a job of one process, where nobody
+    else waits for it): then a second Ctrl-C ends the process at once, as Ctrl-C does without
+    this handler, keeping the checkpoints already written."""
 
     def __init__(self):
         self.received = set()
+        self.second_interrupt_ends_process = False
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signal_number, self.request)
 
     def request(self, signal_number, frame):
         self.received.add(signal_number)
+        if signal_number == signal.SIGINT and self.second_interrupt_ends_process:
+            # The next Ctrl-C reaches the process itself, even inside a long TensorFlow call.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     @property
     def signal_number(self):

@@ -29,10 +29,8 @@ class RunOutput:
         """Lock the train_dir, clean what a killed run left, restore its newest complete
         checkpoint into checkpoint; the checkpoint's path or None."""
         config = self.config
-        if config.fresh and os.path.isdir(self.train_dir) and os.listdir(self.train_dir):
-            # Moving a folder aside is for a run that is over: its lock must be free too.
-            train_dir_lib.TrainDirLock(self.train_dir, config.take_over_train_dir).release()
-        created = train_dir_lib.create_or_move_aside(self.train_dir, config.fresh)
+        created = train_dir_lib.create_or_move_aside(self.train_dir, config.fresh,
+                                                     config.take_over_train_dir)
         try:
             self.lock = train_dir_lib.TrainDirLock(self.train_dir, config.take_over_train_dir)
         except UserError:

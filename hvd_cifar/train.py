@@ -111,6 +111,9 @@ class Trainer:
         config, replica = self.config, self.replica
         rank, size = hvd.rank(), hvd.size()  # Horovod:
         self.is_chief = rank == 0  # Horovod: rank 0 alone writes, through self.output.
+        # Horovod: a job of one process stops on a signal at once; a second Ctrl-C ends it.
+        self.alone = size == 1 and elastic_state is None
+        self.stop_request.second_interrupt_ends_process = self.alone
         # Horovod: in an elastic job the workers (so the shards and rate) are known only now.
         train_files, steps_per_epoch = ready_data_and_count_steps(config, size, hvd.local_rank())
         replica.rescale(size, steps_per_epoch, end_step=config.max_steps)
@@ -171,6 +174,9 @@ class Trainer:
         while step < config.max_steps:
             loss, accuracy = replica.step(batches)
             step += 1
+            if self.stop_request.signal_number and self.alone:
+                # Horovod: no other rank must agree, so a job of one stops after this step.
+                self.stop(step, self.stop_request.signal_number)
             # Horovod: rank 0 keeps the step at once when it is asked to stop (see stop).
             if self.stop_request.signal_number and self.saved_on_request is None and \
                     self.is_chief:

@@ -16,6 +16,7 @@ import datetime
 import glob
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -33,29 +34,79 @@ LOCK_STALE_SECONDS = 120
 RUN_RECORD_NAME = "run.json"
 
 
-def create_or_move_aside(train_dir, fresh):
-    """Create train_dir (and with --fresh move an old one aside). Taking its lock next is the
+def create_or_move_aside(train_dir, fresh, take_over=False):
+    """Create train_dir (and with --fresh move an old run aside). Taking its lock next is the
     test that it is writable. Whether this call created the folder."""
     if os.path.lexists(train_dir) and not os.path.isdir(train_dir):
         raise UserError(f"--train_dir {train_dir} is a file, not a folder")
     if fresh and os.path.isdir(train_dir) and os.listdir(train_dir):
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        previous = f"{train_dir.rstrip('/')}.previous-{stamp}"
-        if os.path.ismount(train_dir):
-            raise UserError(f"--fresh cannot move --train_dir {train_dir} aside: it is a mount "
-                            "point; use a folder inside it as --train_dir")
-        try:
-            os.rename(train_dir, previous)
-        except OSError as error:
-            raise UserError(f"--fresh cannot move --train_dir {train_dir} aside to {previous}: "
-                            f"{error.strerror}") from None
-        say(f"--fresh: moved the previous run to {previous}")
+        move_run_aside(train_dir, take_over)
     created = not os.path.isdir(train_dir)
     try:
         os.makedirs(train_dir, exist_ok=True)
     except OSError as error:
         raise UserError(f"--train_dir {train_dir} is not writable: {error.strerror}") from None
     return created
+
+
+# What only a run leaves in its folder: --fresh moves aside nothing else.
+RUN_FILE = re.compile(r"^(run\.lock|run\.json|train\.log|checkpoint|ckpt-\d+.*|"
+                      r"events\.out\.tfevents\..*)$")
+
+
+def holds_a_run(folder):
+    try:
+        return any(RUN_FILE.match(entry) for entry in os.listdir(folder))
+    except OSError:
+        return False
+
+
+def live_locks_below(folder, skip_own=False):
+    """(lock path, holder) of every live run lock in folder or below it (links not followed
+    below the top); with skip_own, folder's own lock is not looked at."""
+    live = []
+    for parent, subfolders, files in os.walk(folder):
+        subfolders[:] = [name for name in subfolders
+                         if not os.path.islink(os.path.join(parent, name))]
+        if LOCK_NAME not in files or (skip_own and parent == folder):
+            continue
+        view = LockView(parent)
+        text, holder = view.read_holder()
+        if text is not None and view.stale_reason(holder) is None:
+            live.append((view.path, holder))
+    return live
+
+
+def move_run_aside(train_dir, take_over):
+    """--fresh: rename the run in train_dir to <train_dir>.previous-<time> (through a link, the
+    folder it points to, so the link keeps pointing at the new run). Refused while a run lives
+    in it or below it, and when it holds no run (a folder of something else)."""
+    live = live_locks_below(train_dir, skip_own=take_over)
+    if live:
+        path, holder = live[0]
+        raise UserError(f"--fresh will not move --train_dir {train_dir} aside: a run is alive "
+                        f"in it ({describe(holder)}, lock {path}); wait for that run or stop it")
+    if not holds_a_run(train_dir):
+        raise UserError(f"--fresh will not move --train_dir {train_dir} aside: it holds no run "
+                        "(no checkpoint, run.json or train.log), so it may be something else; "
+                        "choose another --train_dir")
+    folder = os.path.realpath(train_dir)
+    linked = os.path.normpath(folder) != os.path.normpath(os.path.abspath(train_dir))
+    if os.path.ismount(folder):
+        raise UserError(f"--fresh cannot move --train_dir {train_dir} aside: it is a mount "
+                        "point; use a folder inside it as --train_dir")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    previous = f"{folder}.previous-{stamp}"
+    mode = os.stat(folder).st_mode & 0o7777
+    try:
+        os.rename(folder, previous)
+        if linked:  # the link's target is made again, so the link keeps working
+            os.mkdir(folder, mode)
+    except OSError as error:
+        raise UserError(f"--fresh cannot move --train_dir {train_dir} aside to {previous}: "
+                        f"{error.strerror}") from None
+    say(f"--fresh: moved the previous run to {previous}"
+        + (f" ({train_dir} links to {folder}, which now starts empty)" if linked else ""))
 
 
 def remove_unfinished_checkpoints(train_dir):
@@ -75,16 +126,74 @@ MAX_PID = 1 << 22
 TAKEOVER_STALE_SECONDS = 30
 
 
-class TrainDirLock:
-    """Rank 0's claim on a train_dir for the life of a run (see the module's text)."""
+class LockView:
+    """A train_dir's lock as this process sees it: who holds it, and whether that holder is
+    gone (see the module's text). holder is what this process would write to claim it."""
 
-    def __init__(self, train_dir, take_over=False):
+    def __init__(self, train_dir):
         self.train_dir = train_dir
         self.path = os.path.join(train_dir, LOCK_NAME)
         self.holder = {"host": socket.gethostname(), "pid": os.getpid(),
                        "pid_started": process_start_time(os.getpid()), "boot_id": boot_id(),
                        "started": datetime.datetime.now().isoformat(timespec="seconds"),
                        "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+
+    def read_holder(self):
+        """(the lock's text, its holder as a dict: {} when unreadable or not ours); the text
+        is None when there is no lock."""
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read(4096)
+        except OSError:
+            return None, {}
+        try:
+            holder = json.loads(raw)
+        except ValueError:  # being written, or not ours: judged by its age alone
+            holder = None
+        return raw, holder if isinstance(holder, dict) else {}
+
+    def age(self):
+        try:
+            return time.time() - os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            return float("inf")
+
+    def age_words(self):
+        age = self.age()
+        if age < 0:
+            return (f"was refreshed {-age:.0f} s in the future (the clocks of the hosts "
+                    "sharing this folder differ)")
+        return f"was refreshed {age:.0f} s ago"
+
+    def same_boot(self, other):
+        return (other.get("host") == self.holder["host"] and
+                other.get("boot_id", self.holder["boot_id"]) == self.holder["boot_id"])
+
+    def stale_reason(self, other):
+        """Why the lock's holder `other` is gone, or None while it lives."""
+        pid = other.get("pid")
+        if isinstance(pid, int) and not isinstance(pid, bool) and self.same_boot(other):
+            # On its own host a holder is alive exactly while its process is: however long
+            # it was suspended, and whatever the file's age.
+            if not 0 < pid < MAX_PID or not process_exists(pid):
+                return f"process {pid} of this host is gone"
+            started = other.get("pid_started")
+            if started is not None and started != process_start_time(pid):
+                return f"process {pid} of this host is gone (its id belongs to another now)"
+            return None
+        if other.get("slurm_job_id") and other.get("slurm_job_id") == self.holder["slurm_job_id"]:
+            return f"Slurm requeued job {other['slurm_job_id']}"
+        age = self.age()
+        if age > LOCK_STALE_SECONDS:
+            return f"not refreshed for {age:.0f} s"
+        return None
+
+
+class TrainDirLock(LockView):
+    """Rank 0's claim on a train_dir for the life of a run (see the module's text)."""
+
+    def __init__(self, train_dir, take_over=False):
+        super().__init__(train_dir)
         self.notes = []
         self._stop = threading.Event()
         self._acquire(take_over)
@@ -100,12 +209,12 @@ class TrainDirLock:
         for _ in range(50):
             if self._create(self.path):
                 return
-            text, other = self._read_holder()
-            reason = "--take_over_train_dir" if take_over else self._stale_reason(other)
+            text, other = self.read_holder()
+            reason = "--take_over_train_dir" if take_over else self.stale_reason(other)
             if reason is None:
                 raise UserError(
                     f"--train_dir {self.train_dir} is in use by another run: "
-                    f"{describe(other)}; its lock {self.path} {self._age_words()}. Wait for "
+                    f"{describe(other)}; its lock {self.path} {self.age_words()}. Wait for "
                     "that run, choose another --train_dir, or, if it is gone, pass "
                     "--take_over_train_dir") from None
             if self._take_over(text):
@@ -157,7 +266,7 @@ class TrainDirLock:
         if not self._create(mutex):
             return False
         try:
-            if self._read_holder()[0] != judged_text:
+            if self.read_holder()[0] != judged_text:
                 return False
             try:
                 write_atomically(self.path, self._write_own)
@@ -172,54 +281,6 @@ class TrainDirLock:
             except OSError:
                 pass
 
-    def _read_holder(self):
-        """(the lock's text, its holder as a dict: {} when unreadable or not ours)."""
-        try:
-            with open(self.path, "rb") as f:
-                raw = f.read()
-        except OSError:
-            return None, {}
-        try:
-            holder = json.loads(raw)
-        except ValueError:  # being written, or not ours: judged by its age alone
-            holder = None
-        return raw, holder if isinstance(holder, dict) else {}
-
-    def _age(self):
-        try:
-            return time.time() - os.stat(self.path).st_mtime
-        except FileNotFoundError:
-            return float("inf")
-
-    def _age_words(self):
-        age = self._age()
-        if age < 0:
-            return (f"was refreshed {-age:.0f} s in the future (the clocks of the hosts "
-                    "sharing this folder differ)")
-        return f"was refreshed {age:.0f} s ago"
-
-    def _same_boot(self, other):
-        return (other.get("host") == self.holder["host"] and
-                other.get("boot_id", self.holder["boot_id"]) == self.holder["boot_id"])
-
-    def _stale_reason(self, other):
-        pid = other.get("pid")
-        if isinstance(pid, int) and not isinstance(pid, bool) and self._same_boot(other):
-            # On its own host a holder is alive exactly while its process is: however long
-            # it was suspended, and whatever the file's age.
-            if not 0 < pid < MAX_PID or not process_exists(pid):
-                return f"process {pid} of this host is gone"
-            started = other.get("pid_started")
-            if started is not None and started != process_start_time(pid):
-                return f"process {pid} of this host is gone (its id belongs to another now)"
-            return None
-        if other.get("slurm_job_id") and other.get("slurm_job_id") == self.holder["slurm_job_id"]:
-            return f"Slurm requeued job {other['slurm_job_id']}"
-        age = self._age()
-        if age > LOCK_STALE_SECONDS:
-            return f"not refreshed for {age:.0f} s"
-        return None
-
     def _refresh(self):
         while not self._stop.wait(LOCK_REFRESH_SECONDS):
             try:
@@ -230,7 +291,7 @@ class TrainDirLock:
     def release(self):
         """Remove the lock if it is still ours."""
         self._stop.set()
-        _, holder = self._read_holder()
+        _, holder = self.read_holder()
         if holder.get("pid") == self.holder["pid"] and holder.get("host") == self.holder["host"]:
             try:
                 os.remove(self.path)

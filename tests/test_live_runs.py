@@ -1,0 +1,170 @@
+"""A live run is never touched by another command: --fresh moves only a finished run (never a
+live one, nor one living below it, nor what was never a run, nor a link), evaluate beside a run
+that deletes checkpoints, Ctrl-C on a one-process run, and what a double Ctrl-C leaves."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import (ENV, REPO_ROOT, assert_one_line_error, launched, logged_steps,
+                     python_module, wait_for_step)
+
+from hvd_cifar import processes, train_dir as train_dir_lib
+from hvd_cifar.command import UserError
+
+TRAIN_FLAGS = ["--batch_size", "16", "--no_download", "--seed", "3"]
+
+
+@pytest.fixture
+def live_process():
+    """A real process of this host, alive for the test: the holder of a live lock."""
+    holder = subprocess.Popen(["sleep", "600"])
+    yield holder.pid
+    holder.kill()
+    holder.wait()
+
+
+def write_live_lock(folder, pid):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / train_dir_lib.LOCK_NAME).write_text(json.dumps(
+        {"host": train_dir_lib.socket.gethostname(), "pid": pid,
+         "pid_started": processes.process_start_time(pid), "boot_id": processes.boot_id(),
+         "started": "2026-12-01T00:00:00"}))
+
+
+def finished_run(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.log").write_text("step 10, loss = 2.30\n")
+    (folder / "ckpt-10.index").write_bytes(b"index")
+    return folder
+
+
+def test_fresh_refuses_a_folder_with_a_live_run_below_it(tmp_path, live_process):
+    outer = finished_run(tmp_path / "outer")
+    write_live_lock(outer / "inner", live_process)
+    with pytest.raises(UserError, match=rf"--fresh will not move --train_dir {outer} aside: a "
+                                        rf"run is alive in it \(.*process {live_process}.*"
+                                        rf"lock {outer}/inner/run.lock\)"):
+        train_dir_lib.create_or_move_aside(str(outer), fresh=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outer"]
+    assert (outer / "inner" / "run.lock").exists()
+
+
+def test_fresh_refuses_its_own_live_run_unless_taken_over(tmp_path, live_process):
+    run = finished_run(tmp_path / "run")
+    write_live_lock(run, live_process)
+    with pytest.raises(UserError, match="a run is alive in it"):
+        train_dir_lib.create_or_move_aside(str(run), fresh=True)
+    train_dir_lib.create_or_move_aside(str(run), fresh=True, take_over=True)
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.previous-")]
+    assert len(moved) == 1 and (moved[0] / "train.log").exists()
+
+
+def test_fresh_moves_a_run_whose_lock_holder_is_gone(tmp_path):
+    run = finished_run(tmp_path / "run")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    write_live_lock(run / "old", gone.pid)
+    train_dir_lib.create_or_move_aside(str(run), fresh=True)
+    assert sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == ["run", "run.previous"]
+    assert list(run.iterdir()) == []
+
+
+def test_fresh_refuses_a_folder_that_never_held_a_run(tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=rf"--fresh will not move --train_dir {notes} aside: it "
+                                        "holds no run"):
+        train_dir_lib.create_or_move_aside(str(notes), fresh=True)
+    assert (notes / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
+def test_fresh_through_a_link_keeps_the_link(tmp_path, capsys):
+    target = finished_run(tmp_path / "disk" / "run")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    train_dir_lib.create_or_move_aside(str(link), fresh=True)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.is_dir() and list(target.iterdir()) == []
+    moved = [p for p in target.parent.iterdir() if p.name.startswith("run.previous-")]
+    assert len(moved) == 1 and (moved[0] / "train.log").exists()
+    assert f"({link} links to {target}, which now starts empty)" in capsys.readouterr().out
+
+
+def test_fresh_on_a_live_nested_run_is_one_line_from_the_trainer(tiny_data, tmp_path,
+                                                                  live_process):
+    outer = finished_run(tmp_path / "outer")
+    write_live_lock(outer / "inner", live_process)
+    result = python_module("hvd_cifar.train", "--data_dir", tiny_data, "--train_dir", outer,
+                           "--max_steps", 1, "--fresh", *TRAIN_FLAGS)
+    assert_one_line_error(result, f"--fresh will not move --train_dir {outer} aside", status=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outer"]
+
+
+def read_until(job, text, timeout=300):
+    """The job's output up to the line holding text."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = job.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"{text!r} never came: {''.join(seen)[-3000:]}")
+
+
+def alone(train_dir, *extra):
+    return [sys.executable, "-m", "hvd_cifar.train", "--synthetic", "--train_dir",
+            str(train_dir), "--max_steps", "1000000", "--log_frequency", "1000000",
+            "--checkpoint_every_steps", "1000000", "--seed", "3", *map(str, extra)]
+
+
+def test_ctrl_c_on_a_one_process_run_stops_it_within_a_step_and_keeps_the_lock_until_then(
+        tmp_path):
+    train_dir = tmp_path / "run"
+    with launched(alone(train_dir, "--batch_size", 16)) as job:
+        read_until(job, "starting at step 0")
+        time.sleep(3)  # some steps, none of them logged or saved
+        job.send_signal(signal.SIGINT)
+        output = job.communicate(timeout=120)[0]
+    assert job.returncode == 128 + signal.SIGINT, output
+    log = (train_dir / "train.log").read_text()
+    stopped = [line for line in log.splitlines() if "stopped by SIGINT at step" in line]
+    assert len(stopped) == 1, log
+    step = int(stopped[0].split("at step ")[1].split(";")[0])
+    assert (train_dir / f"ckpt-{step}.index").exists()
+    assert not (train_dir / "run.lock").exists()
+    again = python_module("hvd_cifar.train", "--synthetic", "--train_dir", train_dir,
+                          "--max_steps", step + 2, "--batch_size", 16, "--seed", 3)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from {train_dir}/ckpt-{step} at step {step}" in again.stdout
+
+
+def test_a_second_ctrl_c_ends_a_one_process_run_at_once_and_the_next_run_goes_on(tmp_path):
+    train_dir = tmp_path / "run"
+    # Steps of 400 backward passes: the first Ctrl-C waits for the end of one.
+    with launched(alone(train_dir, "--batch_size", 32, "--backward_passes_per_step", 400,
+                        "--lr_scaling", "none", "--optimizer", "sgd")) as job:
+        read_until(job, "starting at step 0")
+        job.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 120
+        # The first Ctrl-C has been taken when the process no longer catches SIGINT.
+        while processes.caught_signals(job.pid) & (1 << (signal.SIGINT - 1)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        job.send_signal(signal.SIGINT)
+        output = job.communicate(timeout=20)[0]
+    assert job.returncode == -signal.SIGINT, output
+    assert not list(train_dir.glob("ckpt-*"))  # no step was complete, and none is half-written
+    again = python_module("hvd_cifar.train", "--synthetic", "--train_dir", train_dir,
+                          "--max_steps", 2, "--batch_size", 16, "--seed", 3)
+    assert again.returncode == 0, again.stderr
+    assert "took over the lock of host" in again.stdout
+    assert f"process {job.pid} of this host is gone" in again.stdout
