@@ -9,8 +9,11 @@ tf.train.CheckpointManager, holding:
     moving_averages  the exponential moving averages of the trainable variables
     global_step      synchronized updates made
 """
+import contextlib
 import os
 import re
+import shutil
+import tempfile
 
 import tensorflow as tf
 
@@ -46,13 +49,23 @@ def written_with_loss_scaling(path):
         return None
 
 
-def restore(checkpoint, path, partial=False, use_fp16=None):
+class CheckpointGone(UserError):
+    """The checkpoint's files were deleted while it was read (a run keeping few checkpoints
+    deletes its oldest as it writes a new one): it was complete, and a newer one exists."""
+
+
+def restore(checkpoint, path, partial=False, use_fp16=None,
+            remedy="use another --train_dir or --fresh"):
     """checkpoint.restore(path), every object of ours matched, or a UserError naming path (and
-    --use_fp16 when the checkpoint was written with the other precision)."""
+    --use_fp16 when the checkpoint was written with the other precision); CheckpointGone when
+    its files vanished meanwhile."""
     try:
         status = checkpoint.restore(path)
         (status.expect_partial() if partial else status).assert_existing_objects_matched()
     except CHECKPOINT_ERRORS as error:
+        if (damage(path) or "").endswith("is missing"):
+            raise CheckpointGone(f"checkpoint {path} was deleted while it was read "
+                                 "(its run keeps only the newest)") from None
         written_fp16 = written_with_loss_scaling(path)
         if use_fp16 is not None and written_fp16 is not None and written_fp16 != use_fp16:
             raise UserError(f"checkpoint {path} was written with"
@@ -60,8 +73,7 @@ def restore(checkpoint, path, partial=False, use_fp16=None):
                             f"{'pass' if written_fp16 else 'drop'} --use_fp16 to resume it, or "
                             "start over with --fresh") from None
         raise UserError(f"checkpoint {path} does not fit this model or is damaged "
-                        f"({first_line(error, 'unreadable')}); "
-                        "use another --train_dir or --fresh") from None
+                        f"({first_line(error, 'unreadable')}); {remedy}") from None
 
 
 # A checkpoint's files: ckpt-<step>.index, written last, and its data shards
@@ -165,19 +177,31 @@ def listed_in_state_file(folder):
     return paths
 
 
+# A run writing and deleting checkpoints beside the reader can delete every one it listed.
+FIND_ATTEMPTS = 5
+
+
 def find(folder, newest_only=False):
     """Every checkpoint of folder, judged from its files (see Found); with newest_only, those
-    down to the newest complete one (reading a checkpoint back costs its size)."""
-    complete, damaged = [], []
-    for step in reversed(checkpoint_steps(folder)):
-        path = os.path.join(folder, f"{CHECKPOINT_PREFIX}-{step}")
-        why = damage(path)
-        if why is None:
-            complete.append(path)
-            if newest_only:
-                break
-        else:
-            damaged.append((path, why))
+    down to the newest complete one (reading a checkpoint back costs its size). A checkpoint
+    deleted while it was judged is left out, and the folder listed again when that left no
+    complete one."""
+    for _ in range(FIND_ATTEMPTS):
+        complete, damaged, vanished = [], [], False
+        for step in reversed(checkpoint_steps(folder)):
+            path = os.path.join(folder, f"{CHECKPOINT_PREFIX}-{step}")
+            why = damage(path)
+            if why is None:
+                complete.append(path)
+                if newest_only:
+                    break
+            elif not any(name.startswith(f"{CHECKPOINT_PREFIX}-{step}.")
+                         for name in os.listdir(folder)):
+                vanished = True  # deleted by its run meanwhile: not damage
+            else:
+                damaged.append((path, why))
+        if complete or not vanished:
+            break
     return Found(complete[::-1], damaged, listed_in_state_file(folder))
 
 
@@ -239,17 +263,87 @@ def newest_or_refuse(checkpoint_dir):
     return complete_checkpoints(checkpoint_dir)[-1]
 
 
-def newest_or_none(checkpoint_dir):
-    """The newest complete checkpoint's path, or None (for a watcher that waits for one)."""
-    return find(checkpoint_dir, newest_only=True).newest
+@contextlib.contextmanager
+def private_copy(path):
+    """A copy of checkpoint path in a temporary folder, made from its files opened first: a run
+    deleting them meanwhile (keeping only its newest) cannot take them from the reader, since
+    an open file stays readable. Yields the copy's path; CheckpointGone when the files were
+    deleted before they could be opened."""
+    folder, name = os.path.split(path)
+    opened = {}
+    try:
+        try:
+            for entry in os.listdir(folder or "."):
+                if CHECKPOINT_FILE.match(entry) and entry.startswith(name + "."):
+                    opened[entry] = open(os.path.join(folder, entry), "rb")
+        except FileNotFoundError:
+            raise CheckpointGone(f"checkpoint {path} was deleted by its run before it could "
+                                 "be read") from None
+        if f"{name}.index" not in opened:
+            raise CheckpointGone(f"checkpoint {path} was deleted by its run before it could "
+                                 "be read")
+        with tempfile.TemporaryDirectory(prefix="hvd_cifar-checkpoint-") as scratch:
+            for entry, source in opened.items():
+                with open(os.path.join(scratch, entry), "wb") as copy:
+                    shutil.copyfileobj(source, copy)
+            yield os.path.join(scratch, name)
+    finally:
+        for source in opened.values():
+            source.close()
 
 
-def load_averaged_model(path):
-    """The tutorial network holding the checkpoint's moving averages; (model, global_step)."""
+@contextlib.contextmanager
+def newest_copy(checkpoint_dir, required=True):
+    """(path, private_copy of it) of checkpoint_dir's newest complete checkpoint, judged on the
+    copy, so a run deleting it meanwhile cannot take it away; (None, None) when there is none
+    and it is not required (else a UserError naming the folder)."""
+    for _ in range(FIND_ATTEMPTS):
+        for step in reversed(checkpoint_steps(checkpoint_dir)):
+            path = os.path.join(checkpoint_dir, f"{CHECKPOINT_PREFIX}-{step}")
+            held = contextlib.ExitStack()
+            try:
+                copy = held.enter_context(private_copy(path))
+            except CheckpointGone:
+                continue
+            if damage(copy) is None:
+                with held:
+                    yield path, copy
+                return
+            held.close()
+        found = find(checkpoint_dir)
+        if found.complete:
+            continue  # one was written while the others were deleted: look again
+        if found.refusal("--checkpoint_dir", checkpoint_dir):
+            raise UserError(found.refusal("--checkpoint_dir", checkpoint_dir))
+        if required:
+            raise UserError(f"--checkpoint_dir {checkpoint_dir} holds no checkpoint")
+        yield None, None
+        return
+    raise UserError(f"--checkpoint_dir {checkpoint_dir}: its newest checkpoint was deleted "
+                    f"{FIND_ATTEMPTS} times while it was read; try again, or have its run keep "
+                    "more (--keep_checkpoints)")
+
+
+def load_newest_averaged_model(checkpoint_dir):
+    """load_averaged_model of checkpoint_dir's newest complete checkpoint (see newest_copy);
+    (model, global_step, its path)."""
+    with newest_copy(checkpoint_dir) as (path, copy):
+        return (*load_averaged_model(path, copy), path)
+
+
+def load_averaged_model(path, copy=None):
+    """The tutorial network holding the checkpoint's moving averages; (model, global_step).
+    Read from copy, a private_copy of path, when given, else from a private copy made here."""
     model = model_lib.inference()
     averages = [tf.Variable(tf.zeros_like(v)) for v in model.trainable_variables]
     global_step = tf.Variable(0, dtype=tf.int64)
-    restore(layout(model, averages, global_step), path, partial=True)
+    with contextlib.ExitStack() as held:
+        copy = copy or held.enter_context(private_copy(path))
+        try:
+            restore(layout(model, averages, global_step), copy, partial=True,
+                    remedy="evaluate another checkpoint of it, or another --checkpoint_dir")
+        except UserError as error:  # said of the checkpoint, not of its copy
+            raise type(error)(str(error).replace(copy, path)) from None
     for variable, average in zip(model.trainable_variables, averages):
         variable.assign(average)
     return model, int(global_step.numpy())

@@ -41,6 +41,5 @@ def load_classifier(checkpoint_dir):
             raise UserError(f"{checkpoint_dir}: cannot load the SavedModel ({error})") from None
         names = [n.decode() for n in exported.class_names.numpy()]
         return (lambda images: exported.serve(images)["probabilities"]), names
-    newest = checkpoint_lib.newest_or_refuse(checkpoint_dir)
-    network, _ = checkpoint_lib.load_averaged_model(newest)
+    network, _, _ = checkpoint_lib.load_newest_averaged_model(checkpoint_dir)
     return classifier(network), None

@@ -6,6 +6,7 @@
 Prints `<time>: precision @ 1 = 0.xxx` and writes T/eval.json and T/confusion_matrix.png.
 Without --run_once it waits for new checkpoints and evaluates each, as the tutorial's loop does.
 """
+import contextlib
 import dataclasses
 import datetime
 import glob
@@ -104,9 +105,55 @@ def plot_confusion(counts, names, title, path):
     plt.close(figure)
 
 
-def evaluate_once(config, checkpoint_path, test_paths, names):
-    """Evaluate one checkpoint on every rank's shard; rank 0 gets the summary (others None)."""
-    model, global_step = checkpoint_lib.load_averaged_model(checkpoint_path)
+def load_on_every_rank(path, copy=None):
+    """(model, global_step) of path's moving averages on every rank (rank 0 reads copy, its
+    private copy, when given); CheckpointGone on every rank when its run deleted it under any
+    of them."""
+    def load():
+        try:
+            return checkpoint_lib.load_averaged_model(path, copy)
+        except checkpoint_lib.CheckpointGone:
+            return None
+    loaded = fail_together(load)  # Horovod: a damaged checkpoint stops every rank together.
+    # Horovod: a checkpoint deleted under any rank is passed by on every rank.
+    if not all(hvd.allgather_object(loaded is not None)):
+        raise checkpoint_lib.CheckpointGone(f"checkpoint {path} was deleted by its run before "
+                                            "it could be read")
+    return loaded
+
+
+def newest_on_rank_0(held, checkpoint_dir, required=True):
+    """(path, rank 0's private copy or None) of the newest complete checkpoint, which rank 0
+    chooses and holds in held (an ExitStack) so its run cannot delete it from under rank 0."""
+    def choose():
+        return held.enter_context(checkpoint_lib.newest_copy(checkpoint_dir, required))
+    # Horovod: rank 0 chooses, so every rank reads the same checkpoint; a folder without one
+    # stops every rank together.
+    chosen = fail_together(lambda: choose() if hvd.rank() == 0 else None)
+    path = hvd.broadcast_object(chosen[0] if chosen else None, root_rank=0)
+    return path, chosen[1] if chosen else None
+
+
+def evaluate_newest(config, test_paths, names):
+    """evaluate_once on the newest complete checkpoint, taking the newest again while a run
+    deletes the chosen one before the other ranks read it."""
+    for _ in range(checkpoint_lib.FIND_ATTEMPTS):
+        with contextlib.ExitStack() as held:
+            path, copy = newest_on_rank_0(held, config.checkpoint_dir)
+            try:
+                return evaluate_once(config, path, test_paths, names, copy)
+            except checkpoint_lib.CheckpointGone as gone:
+                if hvd.rank() == 0:
+                    say(f"hvd_cifar: {gone}; taking the newest again")
+    raise UserError(f"--checkpoint_dir {config.checkpoint_dir}: its newest checkpoint was "
+                    f"deleted {checkpoint_lib.FIND_ATTEMPTS} times before it could be read; "
+                    "try again, or have its run keep more (--keep_checkpoints)")
+
+
+def evaluate_once(config, checkpoint_path, test_paths, names, copy=None):
+    """Evaluate one checkpoint on every rank's shard (rank 0 from copy, its private copy, when
+    given); rank 0 gets the summary (others None)."""
+    model, global_step = load_on_every_rank(checkpoint_path, copy)
     # Horovod: rank r evaluates records r, r + size, ...; none dropped, so shards may differ
     # in size and each rank runs its own number of batches before the single all-reduce.
     dataset = pipeline.eval_dataset(test_paths, config.batch_size, num_shards=hvd.size(),
@@ -167,11 +214,19 @@ def plot_curve(curve, path):
 
 def evaluate_all(config, test_paths, names):
     """Every kept checkpoint, oldest first; rank 0 writes eval_curve.json and eval_curve.png."""
-    paths = checkpoint_lib.complete_checkpoints(config.checkpoint_dir)
+    # Horovod: rank 0 lists the checkpoints, so every rank reads the same ones.
+    paths = hvd.broadcast_object(fail_together(
+        lambda: checkpoint_lib.complete_checkpoints(config.checkpoint_dir)
+        if hvd.rank() == 0 else None), root_rank=0)
     wall_seconds = training_wall_seconds(config.checkpoint_dir)
     curve = []
     for path in paths:
-        summary = evaluate_once(config, path, test_paths, names)
+        try:
+            summary = evaluate_once(config, path, test_paths, names)
+        except checkpoint_lib.CheckpointGone as gone:
+            if hvd.rank() == 0:
+                say(f"hvd_cifar: skipped {path}: {gone}")
+            continue
         if summary is not None:
             curve.append({"global_step": summary["global_step"],
                           "precision_at_1": summary["precision_at_1"],
@@ -208,19 +263,25 @@ def check_output_dir(config):
     raise UserError(f"--eval_dir {config.eval_dir} is not writable")
 
 
+def read_test_data(data_dir):
+    """(the test batch files, checked; the class names) of data_dir."""
+    batches_dir = download.ensure_batches_dir(
+        data_dir, fetch=False, no_fetch_reason="evaluate does not download (python -m "
+        "hvd_cifar.data download does)")
+    return records.split_files(batches_dir, "test")[0], records.class_names(batches_dir)
+
+
 def evaluate(config):
     hvd.init()  # Horovod: alone this is a job of size 1; under horovodrun each rank a shard.
     # Horovod: rank 0 writes the results, and every rank stops when it could not.
     fail_together(lambda: check_output_dir(config) if hvd.rank() == 0 else None)
-    batches_dir = download.ensure_batches_dir(config.data_dir, fetch=False)
-    test_paths, _ = records.split_files(batches_dir, "test")
-    names = records.class_names(batches_dir)
+    # Horovod: a rank missing the data stops every rank, not only itself.
+    test_paths, names = fail_together(lambda: read_test_data(config.data_dir))
     if config.all_checkpoints:
         evaluate_all(config, test_paths, names)
         return
     if config.run_once:
-        evaluate_once(config, checkpoint_lib.newest_or_refuse(config.checkpoint_dir), test_paths,
-                      names)
+        evaluate_newest(config, test_paths, names)
         return
     scalars_dir = config.eval_dir or os.path.join(config.checkpoint_dir, "eval")
     writer = None
@@ -233,21 +294,24 @@ def evaluate(config):
     stop_request = StopRequest()
     evaluated = None
     while True:
-        # Horovod: rank 0 decides which checkpoint is next and when to stop, so all ranks
-        # evaluate the same one and leave together.
-        path, stop_signal = hvd.broadcast_object(
-            (checkpoint_lib.newest_or_none(config.checkpoint_dir) if hvd.rank() == 0 else None,
-             stop_request.signal_number),
-            root_rank=0)
+        # Horovod: rank 0 decides when to stop, so all ranks leave together.
+        stop_signal = hvd.broadcast_object(stop_request.signal_number, root_rank=0)
         if stop_signal:
             raise Stopped(stop_signal)
-        if path and path != evaluated:
-            summary = evaluate_once(config, path, test_paths, names)
-            if writer is not None:
-                with writer.as_default(step=summary["global_step"]):
-                    tf.summary.scalar("precision_at_1", summary["precision_at_1"])
-                writer.flush()
-            evaluated = path
+        with contextlib.ExitStack() as held:
+            path, copy = newest_on_rank_0(held, config.checkpoint_dir, required=False)
+            if path and path != evaluated:
+                try:
+                    summary = evaluate_once(config, path, test_paths, names, copy)
+                except checkpoint_lib.CheckpointGone as gone:
+                    if hvd.rank() == 0:
+                        say(f"hvd_cifar: {gone}; taking the newest again")
+                    continue
+                if writer is not None:
+                    with writer.as_default(step=summary["global_step"]):
+                        tf.summary.scalar("precision_at_1", summary["precision_at_1"])
+                    writer.flush()
+                evaluated = path
         deadline = time.monotonic() + config.eval_interval_secs
         while time.monotonic() < deadline and not stop_request.signal_number:
             time.sleep(min(1.0, config.eval_interval_secs))

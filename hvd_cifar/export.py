@@ -42,8 +42,7 @@ def export(checkpoint_dir, out_dir, class_names):
     """Write the SavedModel to a temporary folder beside out_dir, then rename it into place."""
     if os.path.exists(out_dir):
         raise UserError(f"--out {out_dir} already exists; choose another folder")
-    network, global_step = checkpoint_lib.load_averaged_model(
-        checkpoint_lib.newest_or_refuse(checkpoint_dir))
+    network, global_step, _ = checkpoint_lib.load_newest_averaged_model(checkpoint_dir)
     serving = ServingModel(network, class_names)
     try:
         with staged_folder(out_dir) as staging:
@@ -61,8 +60,7 @@ def export_weights(checkpoint_dir, path):
     if not os.access(folder, os.W_OK):
         raise UserError(f"--weights {path}: cannot write in {folder} "
                         f"({'no such folder' if not os.path.isdir(folder) else 'not writable'})")
-    network, global_step = checkpoint_lib.load_averaged_model(
-        checkpoint_lib.newest_or_refuse(checkpoint_dir))
+    network, global_step, _ = checkpoint_lib.load_newest_averaged_model(checkpoint_dir)
     try:
         # Keras picks the HDF5 format by the file name's ending.
         write_atomically(path, network.save_weights, suffix=".part.h5", replace=False)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import (ENV, REPO_ROOT, assert_one_line_error, launched, logged_steps,
+from helpers import (ENV, REPO_ROOT, assert_one_line_error, launched,
                      python_module, wait_for_step)
 
 from hvd_cifar import processes, train_dir as train_dir_lib
@@ -168,3 +168,33 @@ def test_a_second_ctrl_c_ends_a_one_process_run_at_once_and_the_next_run_goes_on
     assert again.returncode == 0, again.stderr
     assert "took over the lock of host" in again.stdout
     assert f"process {job.pid} of this host is gone" in again.stdout
+
+
+def test_evaluate_beside_a_run_that_deletes_its_checkpoints_takes_the_newest_again(
+        tiny_data, tmp_path):
+    train_dir = tmp_path / "run"
+    trainer = [sys.executable, "-m", "hvd_cifar.train", "--data_dir", str(tiny_data),
+               "--train_dir", str(train_dir), "--max_steps", "1000000", "--log_frequency", "50",
+               "--checkpoint_every_steps", "1", "--keep_checkpoints", "1", *TRAIN_FLAGS]
+    evaluate = [sys.executable, "-m", "hvd_cifar.evaluate", "--data_dir", str(tiny_data),
+                "--checkpoint_dir", str(train_dir), "--eval_dir", str(tmp_path / "eval")]
+    with launched(trainer) as training:
+        wait_for_step(train_dir, 50)
+        for _ in range(3):
+            once = subprocess.run(evaluate + ["--run_once"], capture_output=True, text=True,
+                                  env=ENV, cwd=REPO_ROOT, timeout=300)
+            assert once.returncode == 0, once.stderr
+            assert "precision @ 1 = " in once.stdout
+            assert "Traceback" not in once.stderr and "WARNING" not in once.stderr, once.stderr
+        every = subprocess.run(evaluate + ["--all_checkpoints"], capture_output=True, text=True,
+                               env=ENV, cwd=REPO_ROOT, timeout=300)
+        assert every.returncode == 0, every.stderr
+        assert "precision @ 1 = " in every.stdout or "skipped" in every.stdout, every.stdout
+        with launched(evaluate + ["--eval_interval_secs", "1"]) as watcher:
+            time.sleep(25)
+            assert watcher.poll() is None, watcher.stdout.read()
+            watcher.send_signal(signal.SIGINT)
+            watched = watcher.communicate(timeout=120)[0]
+        assert training.poll() is None
+    assert watched.count("precision @ 1 = ") >= 2, watched
+    assert "error" not in watched and "Traceback" not in watched, watched

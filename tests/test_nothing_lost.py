@@ -72,7 +72,6 @@ def test_the_finder_takes_the_newest_complete_checkpoint_whatever_the_damage(
     assert found.newest == f"{train_dir}/ckpt-{newest_complete}"
     assert [p.rsplit("/", 1)[1] for p in found.complete] == [
         f"ckpt-{step}" for step in range(10, newest_complete + 1, 10)]
-    assert checkpoint_lib.newest_or_none(str(train_dir)) == found.newest
     assert [path for path, _ in found.damaged] == (
         [] if newest_complete == 30 else [f"{train_dir}/ckpt-30"])
 

@@ -32,7 +32,8 @@ class DataSourceFlags:
     no_download: bool = flag(False, "fail instead of downloading when the data is missing")
 
 
-def ensure_batches_dir(data_dir, data_url=DATA_URL, sha256=DATA_SHA256, fetch=True):
+def ensure_batches_dir(data_dir, data_url=DATA_URL, sha256=DATA_SHA256, fetch=True,
+                       no_fetch_reason="--no_download is set"):
     """Return data_dir/cifar-10-batches-bin, extracting or downloading the archive when needed.
 
     The batches folder only ever appears by an atomic rename of a fully extracted copy, and the
@@ -45,7 +46,7 @@ def ensure_batches_dir(data_dir, data_url=DATA_URL, sha256=DATA_SHA256, fetch=Tr
     archive = os.path.join(data_dir, ARCHIVE_NAME)
     if not os.path.isfile(archive):
         if not fetch:
-            raise UserError(f"{batches_dir} not found and --no_download is set: put "
+            raise UserError(f"{batches_dir} not found and {no_fetch_reason}: put "
                             f"{ARCHIVE_NAME} or {BATCHES_DIR}/ in --data_dir {data_dir}")
         fetch_archive(data_url, archive, sha256)
     else:
