@@ -244,18 +244,25 @@ def input_images_per_sec(config, rank, size, place, data_usable, seconds):
         return count * config.batch_size / (time.perf_counter() - start)
 
 
-def data_verdict(data_dir):
-    """(status, detail) of the data as this host sees it."""
+def data_verdict(config):
+    """(status, detail) of the data as this host sees it: FAIL for whatever training would
+    refuse at its start."""
+    data_dir = config.data_dir
     batches_dir = os.path.join(data_dir, records.BATCHES_DIR)
-    if os.path.isdir(batches_dir):
-        try:
+    archive = os.path.join(data_dir, download.ARCHIVE_NAME)
+    try:
+        if os.path.isdir(batches_dir):
             _, num_train = records.split_files(batches_dir, "train")
             _, num_test = records.split_files(batches_dir, "test")
-        except UserError as error:
-            return "FAIL", str(error)
-        return "PASS", f"{batches_dir}: {num_train} training and {num_test} test records"
-    if os.path.isfile(os.path.join(data_dir, download.ARCHIVE_NAME)):
-        return "PASS", f"{data_dir}/{download.ARCHIVE_NAME} (extracted at the start of training)"
+            return "PASS", f"{batches_dir}: {num_train} training and {num_test} test records"
+        if os.path.isfile(archive):
+            download.check_sha256(archive, config.data_sha256)
+            return "PASS", f"{archive} (its sha256 matches; extracted at the start of training)"
+    except UserError as error:
+        return "FAIL", str(error)
+    if config.no_download:
+        return "FAIL", (f"no data in {data_dir} and --no_download is set: training would stop "
+                        f"at once (put {records.BATCHES_DIR}/ or {download.ARCHIVE_NAME} there)")
     return "WARN", (f"no data in {data_dir}: training downloads {download.ARCHIVE_NAME} there "
                     "(needs internet, or --data_url)")
 
@@ -386,7 +393,7 @@ def run_checks(config):
         local_step().numpy()
         steps += 1
     images_per_sec = steps * config.batch_size / (time.perf_counter() - start)
-    data = data_verdict(config.data_dir)  # reads every record file: once
+    data = data_verdict(config)  # reads every record file: once
     augment_on = pipeline.augmentation_place(config.augment_on)
     input_rate = input_images_per_sec(config, rank, size, augment_on, data[0] == "PASS",
                                       config.step_seconds)

@@ -1,9 +1,11 @@
 """Download, verify and extract the official CIFAR-10 archive into a data folder, and the flags
 of a command that reads one. The batches folder only ever appears by an atomic rename of a fully
 extracted copy, and the archive only by a rename after its checksum matched."""
+import argparse
 import dataclasses
 import hashlib
 import os
+import re
 import tarfile
 import tempfile
 import urllib.error
@@ -21,6 +23,13 @@ DOWNLOAD_CHUNK_BYTES = 1 << 20
 DOWNLOAD_TIMEOUT_SECONDS = 60
 
 
+def sha256_flag(text):
+    """--data_sha256: 64 hex digits, in either case."""
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise argparse.ArgumentTypeError(f"must be a sha256 of 64 hex digits, got {text!r}")
+    return text.lower()
+
+
 @dataclasses.dataclass
 class DataSourceFlags:
     """Where a command finds CIFAR-10, and where it downloads it from when it is missing."""
@@ -28,7 +37,8 @@ class DataSourceFlags:
                          f"{ARCHIVE_NAME}; the archive is downloaded there when missing")
     data_url: str = flag(DATA_URL, "where to download the archive from: a mirror or a "
                          "file:// path")
-    data_sha256: str = flag(DATA_SHA256, "expected sha256 of the downloaded archive")
+    data_sha256: str = flag(DATA_SHA256, "expected sha256 of the downloaded archive (64 hex "
+                            "digits)", sha256_flag)
     no_download: bool = flag(False, "fail instead of downloading when the data is missing")
 
 
@@ -76,7 +86,7 @@ def fetch_archive(url, archive, sha256):
         if expected_bytes is not None and received != int(expected_bytes):
             raise UserError(f"download of {url} stopped after {received} of {expected_bytes} "
                             "bytes; run again to retry")
-        if sha256 and digest.hexdigest() != sha256:
+        if digest.hexdigest() != sha256.lower():
             raise UserError(f"download of {url} has sha256 {digest.hexdigest()}, expected "
                             f"{sha256}; refusing to extract it")
 
@@ -91,14 +101,17 @@ def fetch_archive(url, archive, sha256):
 
 def file_sha256(path):
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(DOWNLOAD_CHUNK_BYTES):
-            digest.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(DOWNLOAD_CHUNK_BYTES):
+                digest.update(chunk)
+    except OSError as error:
+        raise UserError(f"{path} cannot be read ({error.strerror})") from None
     return digest.hexdigest()
 
 
 def check_sha256(archive, sha256):
-    if sha256 and (actual := file_sha256(archive)) != sha256:
+    if (actual := file_sha256(archive)) != sha256.lower():
         raise UserError(f"{archive} has sha256 {actual}, expected {sha256}: it is not the "
                         "CIFAR-10 binary archive (remove it, or pass --data_sha256 for a "
                         "different data set in the same layout)")

@@ -38,7 +38,10 @@ def check_record_file(path, num_classes=NUM_CLASSES):
     if size == 0 or size % RECORD_BYTES:
         raise UserError(f"{path}: {size} bytes is not a whole number of {RECORD_BYTES}-byte "
                         "records (truncated, or not a CIFAR-10 batch file)")
-    labels = np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, RECORD_BYTES)[:, 0]
+    try:
+        labels = np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, RECORD_BYTES)[:, 0]
+    except OSError as error:
+        raise UserError(f"{path}: batch file cannot be read ({error.strerror})") from None
     out_of_range = np.flatnonzero(labels >= num_classes)
     if out_of_range.size:
         record = int(out_of_range[0])
