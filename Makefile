@@ -41,21 +41,21 @@ data: install
 	@if [ -d "$(DATA_DIR)/cifar-10-batches-bin" ]; then \
 	  echo "make: using $(DATA_DIR)/cifar-10-batches-bin"; \
 	elif [ -f "$(DATA_DIR)/cifar-10-binary.tar.gz" ] || [ ! -f "$(JPEG_DATA)" ]; then \
-	  $(VENV_PYTHON) -m hvd_cifar.data download --data_dir $(DATA_DIR); \
+	  $(VENV_PYTHON) -m hvd_cifar.data download --data_dir "$(DATA_DIR)"; \
 	else \
 	  echo "make: no CIFAR-10 in $(DATA_DIR); converting the JPEG copy $(JPEG_DATA)"; \
-	  $(VENV_PYTHON) -m hvd_cifar.data convert $(JPEG_DATA) $(DATA_DIR); \
+	  $(VENV_PYTHON) -m hvd_cifar.data convert "$(JPEG_DATA)" "$(DATA_DIR)"; \
 	fi
 
 train: data
-	launch/local.sh -np $(NP) --data_dir $(DATA_DIR) \
-	  --train_dir $(TRAIN_DIR) --max_steps $(STEPS) --log_frequency 20 $(TRAIN_FLAGS)
-	$(VENV_PYTHON) -m hvd_cifar.evaluate --data_dir $(DATA_DIR) --checkpoint_dir $(TRAIN_DIR) --run_once
+	launch/local.sh -np $(NP) --data_dir "$(DATA_DIR)" \
+	  --train_dir "$(TRAIN_DIR)" --max_steps $(STEPS) --log_frequency 20 $(TRAIN_FLAGS)
+	$(VENV_PYTHON) -m hvd_cifar.evaluate --data_dir "$(DATA_DIR)" --checkpoint_dir "$(TRAIN_DIR)" --run_once
 	@echo "make: the run is in $(TRAIN_DIR) (checkpoints, train.log, eval.json). Next:"
-	@echo "  $(HVD_CIFAR_VENV)/bin/tensorboard --logdir $(TRAIN_DIR)        # the curves"
+	@echo "  $(HVD_CIFAR_VENV)/bin/tensorboard --logdir '$(TRAIN_DIR)'        # the curves"
 	@echo "  make train STEPS=2000                                # train on from the checkpoint"
-	@echo "  $(VENV_PYTHON) -m hvd_cifar.predict --checkpoint_dir $(TRAIN_DIR) IMAGE.png"
-	@echo "  $(VENV_PYTHON) -m hvd_cifar.check --data_dir $(DATA_DIR)  # before a long run"
+	@echo "  $(VENV_PYTHON) -m hvd_cifar.predict --checkpoint_dir '$(TRAIN_DIR)' IMAGE.png"
+	@echo "  $(VENV_PYTHON) -m hvd_cifar.check --data_dir '$(DATA_DIR)'  # before a long run"
 
 test: install
 	bash tests/cluster/system_packages.sh

@@ -27,8 +27,9 @@ import tensorflow as tf
 
 from hvd_cifar import model as model_lib
 from hvd_cifar.data import download, pipeline, records
-from hvd_cifar.command import (AllreduceFlags, DeviceFlags, UserError, cpu_threads_per_rank,
-                               flag, parse_command, positive_float, positive_int, run_command, say)
+from hvd_cifar.command import (AllreduceFlags, DeviceFlags, UserError, batch_size_int,
+                               cpu_threads_per_rank, flag, parse_command, positive_float,
+                               positive_int, run_command, say)
 
 MATMUL_SIZE = 2048         # 17 GFLOP a product: long enough to time, small enough for 2 cores
 MATMUL_REPEATS = 10
@@ -38,7 +39,7 @@ RING_HOP_LATENCY_SECONDS = 20e-6  # per ring step; an assumption typical of TCP 
 
 @dataclasses.dataclass
 class BenchConfig(DeviceFlags, AllreduceFlags):
-    batch_size: int = flag(128, "examples a rank processes in one step", positive_int)
+    batch_size: int = flag(128, "examples a rank processes in one step", batch_size_int)
     steps: int = flag(40, "timed training steps (after the warm-up)", positive_int)
     warmup_steps: int = flag(5, "untimed steps first (graph tracing, thread pools)",
                              positive_int)

@@ -28,8 +28,8 @@ import numpy as np
 
 from hvd_cifar import model as model_lib
 from hvd_cifar.data import download, pipeline, records
-from hvd_cifar.command import (DeviceFlags, TimelineFlags, UserError, first_line, flag,
-                               parse_command, positive_float, positive_int, run_command, say)
+from hvd_cifar.command import (DeviceFlags, TimelineFlags, UserError, batch_size_int, first_line,
+                               flag, parse_command, positive_float, positive_int, run_command, say)
 
 # Random records in each training file when the check has no data to measure the input on.
 INPUT_RECORDS = 1_000
@@ -54,7 +54,7 @@ class CheckConfig(DeviceFlags, TimelineFlags, download.DataSourceFlags, pipeline
                              "(versions and Horovod build, GPUs, address, data) without "
                              "starting Horovod, and exit; launch/check_cluster.sh compares "
                              "the hosts' lines")
-    batch_size: int = flag(128, "examples a rank processes in one timed step", positive_int)
+    batch_size: int = flag(128, "examples a rank processes in one timed step", batch_size_int)
     step_seconds: float = flag(3.0, "how long each rank times its training step",
                                positive_float)
     allreduce_repeats: int = flag(20, "timed all-reduces of one step's gradients",

@@ -102,6 +102,11 @@ non_negative_float = number_flag(float, "a number >= 0",
 SEED_LIMIT = 2**31
 seed_int = number_flag(int, f"an integer from 0 to {SEED_LIMIT - 1}",
                        lambda value: 0 <= value < SEED_LIMIT)
+# A rank's batch is held whole in memory several times over (images, activations): a larger
+# one cannot be meant, and int32 shapes overflow long before memory is enough.
+MAX_BATCH_SIZE = 1 << 16
+batch_size_int = number_flag(int, f"an integer from 1 to {MAX_BATCH_SIZE}",
+                             lambda value: 0 < value <= MAX_BATCH_SIZE)
 fraction = number_flag(float, "a number between 0 and 1", lambda value: 0 < value < 1)
 
 

@@ -40,7 +40,12 @@ def set_timeline(path, mark_cycles=False):
     rank 0) to path; Horovod reads these at hvd.init(), so this works under every launcher."""
     if path:
         # Horovod writes nothing, and says nothing, when the file's folder is missing.
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"--horovod_timeline {path}: cannot make its folder {folder} "
+                            f"({error.strerror})") from None
         os.environ["HOROVOD_TIMELINE"] = os.path.abspath(path)
         if mark_cycles:
             os.environ["HOROVOD_TIMELINE_MARK_CYCLES"] = "1"
@@ -281,31 +286,31 @@ class Watchdog:
     def __init__(self, timeout_seconds, rank, host):
         self.timeout_seconds, self.rank, self.host = timeout_seconds, rank, host
         self.phase = None
-        self.phase_limit = timeout_seconds
+        self.phase_limit, self.phase_flag = timeout_seconds, "--hang_timeout_secs"
         self.since = time.monotonic()
         self.resume_hint = ""  # what a rerun would do, kept current by the training loop
         self.on_hang = None    # run before the process ends (rank 0 releases its train_dir)
-        if timeout_seconds:
-            threading.Thread(target=self._watch, daemon=True, name="watchdog").start()
+        threading.Thread(target=self._watch, daemon=True, name="watchdog").start()
 
-    def waiting_for(self, step, what, at_least=0.0):
-        """Mark the start of a phase: step, and what the rank waits for in it. at_least is a
-        longer limit for a phase that is slow on every rank (the first step's tracing)."""
-        self.phase_limit = max(self.timeout_seconds, at_least)
+    def waiting_for(self, step, what, timeout=None, flag_name="--hang_timeout_secs"):
+        """Mark the start of a phase: step, and what the rank waits for in it. timeout (set by
+        flag_name) replaces the usual limit for a phase of its own (the first step); 0 never
+        ends the phase."""
+        self.phase_limit = self.timeout_seconds if timeout is None else timeout
+        self.phase_flag = flag_name
         self.phase, self.since = (step, what), time.monotonic()
 
     def idle(self):
         self.phase = None
 
     def _watch(self):
-        poll = min(5.0, self.timeout_seconds / 4)
         while True:
-            time.sleep(poll)
-            phase, waited = self.phase, time.monotonic() - self.since
-            if phase is not None and waited > self.phase_limit:
+            time.sleep(min(1.0, (self.phase_limit or 4.0) / 4))
+            phase, waited, limit = self.phase, time.monotonic() - self.since, self.phase_limit
+            if phase is not None and limit and waited > limit:
                 step, what = phase
                 say(f"hvd_cifar: error: rank {self.rank} on {self.host} waited {waited:.0f} s "
-                    f"(--hang_timeout_secs {self.phase_limit:g}) at step {step} for "
+                    f"({self.phase_flag} {limit:g}) at step {step} for "
                     f"{what}: a rank or device of the job stopped answering; ending the job"
                     f"{self.resume_hint}", sys.stderr)
                 if self.on_hang is not None:

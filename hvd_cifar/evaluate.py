@@ -22,8 +22,8 @@ import horovod.tensorflow as hvd
 
 from hvd_cifar import checkpoint as checkpoint_lib
 from hvd_cifar.data import download, pipeline, records
-from hvd_cifar.command import (Stopped, UserError, flag, parse_command, positive_int, run_command,
-                              say)
+from hvd_cifar.command import (Stopped, UserError, batch_size_int, flag, parse_command,
+                               positive_int, run_command, say)
 from hvd_cifar.distributed import StopRequest, fail_together
 from hvd_cifar.files import write_atomically
 
@@ -37,7 +37,7 @@ class EvalConfig:
     eval_dir: str = flag(None, "where eval.json, the confusion matrix, the learning curve and "
                          "the TensorBoard scalars go (default: checkpoint_dir, scalars in "
                          "<checkpoint_dir>/eval); needed for a run you may only read")
-    batch_size: int = flag(EVAL_BATCH_SIZE, "test examples a batch", positive_int)
+    batch_size: int = flag(EVAL_BATCH_SIZE, "test examples a batch", batch_size_int)
     run_once: bool = flag(False, "evaluate the newest checkpoint once and exit")
     all_checkpoints: bool = flag(False, "evaluate every checkpoint the run kept, oldest first, "
                                  "and write the learning curve (eval_curve.json and .png)")

@@ -17,10 +17,8 @@ from hvd_cifar import checkpoint as checkpoint_lib
 from hvd_cifar.data import records
 from hvd_cifar.command import UserError, flag, parse_command, run_command
 from hvd_cifar.files import staged_folder, write_atomically
-from hvd_cifar.classifier import classifier
+from hvd_cifar.classifier import IMAGES_SHAPE, classifier
 
-# Any number of uint8 CIFAR images, as they are stored.
-IMAGES_SHAPE = [None, records.ORIGINAL_SIZE, records.ORIGINAL_SIZE, records.DEPTH]
 
 
 class ServingModel(tf.Module):

@@ -38,7 +38,14 @@ def staged_folder(destination):
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(destination)}.")
     try:
         yield staging
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the result from other users
+        # mkdtemp's 0700 would hide the result from other users: a folder as mkdir makes it.
+        os.chmod(staging, 0o777 & ~current_umask())
         os.rename(staging, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def current_umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -77,6 +77,14 @@ class RunOutput:
                   + (f", distortions on the {record['augment_on']}" if record.get("augment_on")
                      else ""))
         self.line(f"hvd_cifar: optimizer: {replica.optimizer_rule}")
+        self.line("hvd_cifar: a rank that waits longer than "
+                  + (f"{config.hang_timeout_secs:g} s" if config.hang_timeout_secs else "ever")
+                  + " for a step, its all-reduce or a checkpoint ends the job "
+                  "(--hang_timeout_secs); for the first step, which waits for every rank to "
+                  "join and compile, "
+                  + (f"{config.first_step_timeout_secs:g} s" if config.first_step_timeout_secs
+                     else "never")
+                  + " (--first_step_timeout_secs)")
         for note in self.notes:
             self.line(f"hvd_cifar: {note}")
         self.notes = []
@@ -91,7 +99,8 @@ class RunOutput:
         else:
             self.line(f"hvd_cifar: {'continuing' if step else 'starting'} at step {step} in "
                       f"{self.train_dir}")
-        train_dir_lib.write_run_record(self.train_dir, record)
+        train_dir_lib.write_run_record(self.train_dir,
+                                       train_dir_lib.with_history(record, self.previous_run))
         self.warn_when_checkpoints_do_not_fit()
 
     def checkpoint_bytes(self):

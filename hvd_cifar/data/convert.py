@@ -9,8 +9,9 @@ import tarfile
 
 import numpy as np
 
-from hvd_cifar.command import UserError, argument, first_line, flag, fraction
-from hvd_cifar.data.images import IMAGE_SUFFIXES, decode_to_cifar
+from hvd_cifar.command import UserError, argument, first_line, flag, fraction, seed_int
+from hvd_cifar.data.images import (IMAGE_SUFFIXES, decode_to_cifar, read_image_file,
+                                   size_problem)
 from hvd_cifar.data.records import (BATCHES_DIR, META_FILE, NUM_CLASSES, TEST_FILES, TRAIN_FILES,
                                     write_records)
 from hvd_cifar.files import staged_folder
@@ -24,14 +25,19 @@ def list_image_tree(source):
     loose) and class folders without images are skipped with a warning on stderr.
     """
     if os.path.isdir(source):
-        names = [os.path.relpath(os.path.join(folder, f), source)
-                 for folder, _, files in os.walk(source) for f in files]
-        folders = [os.path.relpath(folder, source) for folder, _, _ in os.walk(source)]
+        names, folders = walk_folder(source)
     elif os.path.isfile(source) and tarfile.is_tarfile(source):
         with tarfile.open(source) as tar:
             members = tar.getmembers()
         names = [member.name for member in members if member.isfile()]
         folders = [member.name for member in members if member.isdir()]
+        links = [member.name for member in members if member.islnk() or member.issym()]
+        if links:
+            raise UserError(f"{source} holds {len(links)} link entr"
+                            f"{'ies' if len(links) > 1 else 'y'} ({', '.join(links[:3])}"
+                            f"{' ...' if len(links) > 3 else ''}), which are not read: "
+                            "archive the files themselves (tar without --hard-dereference "
+                            "stores a file seen twice as a link)")
     else:
         raise UserError(f"{source}: neither a folder nor a tar archive of images")
     names = [name for name in names if name.lower().endswith(IMAGE_SUFFIXES)]
@@ -61,6 +67,31 @@ def list_image_tree(source):
     return tree
 
 
+def walk_folder(source):
+    """(file paths, folder paths) under source, relative to it. A linked folder is followed
+    (once, whatever links lead to it again) and said on stderr; a folder that cannot be read
+    is a UserError: its images would be left out without a word."""
+    names, folders, seen = [], [], set()
+
+    def unreadable(error):
+        raise UserError(f"{error.filename}: cannot be read ({error.strerror}); "
+                        "nothing was written")
+
+    for folder, subfolders, files in os.walk(source, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        relative = os.path.relpath(folder, source)
+        if os.path.islink(folder):
+            print(f"hvd_cifar: note: {relative} is a link to {real}; its images are read",
+                  file=sys.stderr)
+        folders.append(relative)
+        names += [os.path.normpath(os.path.join(relative, f)) for f in files]
+    return names, folders
+
+
 def empty_class_folders(folders, image_names, wrapped):
     """Folders where a class folder belongs (train/X, test/X, or X) that hold no image."""
     holding = set()
@@ -85,19 +116,21 @@ def image_bytes(source, wanted):
     if os.path.isdir(source):
         for name in wanted:
             try:
-                with open(os.path.join(source, name), "rb") as f:
-                    yield name, f.read()
-            except OSError as error:
+                yield name, read_image_file(os.path.join(source, name))
+            except UserError as error:
                 yield name, error
         return
     with tarfile.open(source) as tar:
         for member in tar:
             if member.name in wanted:
-                yield member.name, tar.extractfile(member).read()
+                problem = size_problem(member.size)
+                yield member.name, (UserError(problem) if problem else
+                                    tar.extractfile(member).read())
 
 
 def convert(source, out_dir, test_fraction=None, seed=0, skip_bad=False):
-    """Write out_dir/cifar-10-batches-bin from a class-folder tree; (train, test) counts.
+    """Write out_dir/cifar-10-batches-bin from a class-folder tree; the counts of training
+    and test records written and of bad images skipped.
 
     Nothing is written unless every image decodes (or skip_bad is set): the folder appears by
     one rename of a complete staging copy."""
@@ -124,8 +157,8 @@ def convert(source, out_dir, test_fraction=None, seed=0, skip_bad=False):
     pixels, bad = {}, []
     wanted = {name for members in tree.values() for _, name in members}
     for name, raw in image_bytes(source, wanted):
-        if isinstance(raw, OSError):
-            bad.append(f"{name} (cannot be read: {raw.strerror})")
+        if isinstance(raw, UserError):
+            bad.append(f"{name} ({raw})")
             continue
         try:
             pixels[name] = decode_to_cifar(raw)
@@ -142,6 +175,18 @@ def convert(source, out_dir, test_fraction=None, seed=0, skip_bad=False):
         raise UserError(f"{len(bad)} images in {source} cannot be read (listed above); fix "
                         "them or pass --skip_bad; nothing was written")
 
+    try:
+        write_batches(destination, decoded, class_list, rng, source)
+    except OSError as error:
+        if os.path.isdir(destination):  # another convert to the same OUT finished first
+            raise UserError(f"{destination} was written by another convert meanwhile; it is "
+                            "kept, and nothing of this one was written") from None
+        raise UserError(f"{destination}: cannot be written ({error.strerror})") from None
+    return len(decoded["train"][0]), len(decoded["test"][0]), len(bad)
+
+
+def write_batches(destination, decoded, class_list, rng, source):
+    """The batch files and class names of decoded images, in a folder that appears whole."""
     with staged_folder(destination) as staging:
         for split, files in (("train", TRAIN_FILES), ("test", TEST_FILES)):
             images, labels = decoded[split]
@@ -153,7 +198,6 @@ def convert(source, out_dir, test_fraction=None, seed=0, skip_bad=False):
                 write_records(os.path.join(staging, name), images[part], labels[part])
         with open(os.path.join(staging, META_FILE), "w") as f:
             f.write("\n".join(class_list) + "\n")
-    return len(decoded["train"][0]), len(decoded["test"][0]), len(bad)
 
 
 @dataclasses.dataclass
@@ -164,7 +208,7 @@ class ConvertConfig:
                             metavar="OUT")
     test_fraction: float = flag(None, "share of the images held out as the test set when SRC "
                                 "has no test/ folder", fraction)
-    seed: int = flag(0, "seed of the record order")
+    seed: int = flag(0, "seed of the record order", seed_int)
     skip_bad: bool = flag(False, "skip unreadable images instead of stopping")
 
 

@@ -1,6 +1,8 @@
 """Any image file -> the 32x32 RGB a CIFAR-10 record holds (convert and predict read images
 with it)."""
 import io
+import os
+import stat
 
 import numpy as np
 from PIL import Image
@@ -13,6 +15,33 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # Larger images are refused before decoding: a CIFAR image is 32x32, and decoding takes several
 # bytes a pixel.
 MAX_IMAGE_PIXELS = 40_000_000
+# Larger files are refused before they are read, so no input makes a reader hold more.
+MAX_IMAGE_BYTES = 64 << 20
+
+
+def size_problem(size):
+    """Why an image file of size bytes is refused unread, or None."""
+    if size > MAX_IMAGE_BYTES:
+        return (f"{size:,} bytes is more than an image may have ({MAX_IMAGE_BYTES:,}); shrink "
+                "it first (the network reads 32x32 images)")
+    return None
+
+
+def read_image_file(path):
+    """The bytes of the image file at path: only a regular file (not a FIFO or device, which
+    could block or never end) of at most MAX_IMAGE_BYTES; a UserError saying why not."""
+    try:
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) \
+                as f:
+            status = os.fstat(f.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise UserError("not a regular file (a FIFO, device or folder is not read)")
+            problem = size_problem(status.st_size)
+            if problem:
+                raise UserError(problem)
+            return f.read(MAX_IMAGE_BYTES + 1)
+    except OSError as error:
+        raise UserError(f"cannot be read ({error.strerror})") from None
 
 
 def to_rgb8(image):
@@ -63,12 +92,7 @@ def decode_to_cifar(raw):
 def read_image(path):
     """uint8 [32, 32, 3]; a UserError naming the file when it cannot be read as an image."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as error:
-        raise UserError(f"{path}: {error.strerror}") from None
-    try:
-        return decode_to_cifar(raw)
+        return decode_to_cifar(read_image_file(path))
     except UserError as error:
         raise UserError(f"{path}: {error}") from None
     except Exception as error:  # PIL raises many kinds for a file that is not an image

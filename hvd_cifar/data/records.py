@@ -1,6 +1,7 @@
 """The CIFAR-10 binary record format (the tutorial's cifar10_input.py reads it): a record is 1
 label byte followed by 3072 image bytes, depth-major (3 x 32 x 32); five training files and one
 test file in cifar-10-batches-bin/, with the class names one a line in batches.meta.txt."""
+import hashlib
 import os
 
 import numpy as np
@@ -48,6 +49,26 @@ def check_record_file(path, num_classes=NUM_CLASSES):
         raise UserError(f"{path}: record {record} has label {labels[record]}, outside "
                         f"0..{num_classes - 1}")
     return size // RECORD_BYTES
+
+
+FINGERPRINT_SAMPLE_BYTES = 1 << 20
+
+
+def fingerprint(paths):
+    """A short hex digest of data files that tells one data set from another without reading
+    it whole: each file's name, size and its first and last MiB."""
+    digest = hashlib.sha256()
+    for path in paths:
+        size = os.path.getsize(path)
+        digest.update(f"{os.path.basename(path)}:{size}:".encode())
+        try:
+            with open(path, "rb") as f:
+                digest.update(f.read(FINGERPRINT_SAMPLE_BYTES))
+                f.seek(max(0, size - FINGERPRINT_SAMPLE_BYTES))
+                digest.update(f.read(FINGERPRINT_SAMPLE_BYTES))
+        except OSError as error:
+            raise UserError(f"{path}: batch file cannot be read ({error.strerror})") from None
+    return digest.hexdigest()[:16]
 
 
 def write_records(path, images, labels):
