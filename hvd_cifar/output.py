@@ -10,7 +10,7 @@ import sys
 
 import tensorflow as tf
 
-from hvd_cifar import checkpoint as checkpoint_lib, train_dir as train_dir_lib
+from hvd_cifar import checkpoint as checkpoint_lib, plan, train_dir as train_dir_lib
 from hvd_cifar.command import UserError, first_line, say
 
 
@@ -77,6 +77,8 @@ class RunOutput:
                   + (f", distortions on the {record['augment_on']}" if record.get("augment_on")
                      else ""))
         self.line(f"hvd_cifar: optimizer: {replica.optimizer_rule}")
+        if not config.synthetic:
+            self.line(f"hvd_cifar: {plan.expected_images_line(record['global_batch'])}")
         self.line("hvd_cifar: a rank that waits longer than "
                   + (f"{config.hang_timeout_secs:g} s" if config.hang_timeout_secs else "ever")
                   + " for a step, its all-reduce or a checkpoint ends the job "
