@@ -28,8 +28,9 @@ import numpy as np
 
 from hvd_cifar import model as model_lib
 from hvd_cifar.data import download, pipeline, records
-from hvd_cifar.command import (DeviceFlags, TimelineFlags, UserError, batch_size_int, first_line,
-                               flag, parse_command, positive_float, positive_int, run_command, say)
+from hvd_cifar.command import (DeterminismFlags, DeviceFlags, TimelineFlags, UserError,
+                               batch_size_int, first_line, flag, parse_command, positive_float,
+                               positive_int, run_command, say)
 
 # Random records in each training file when the check has no data to measure the input on.
 INPUT_RECORDS = 1_000
@@ -47,7 +48,8 @@ HOROVOD_BUILD_RECORD = os.path.join(sys.prefix, "share", "hvd_cifar", "horovod_b
 
 
 @dataclasses.dataclass
-class CheckConfig(DeviceFlags, TimelineFlags, download.DataSourceFlags, pipeline.AugmentFlags):
+class CheckConfig(DeviceFlags, TimelineFlags, DeterminismFlags, download.DataSourceFlags,
+                  pipeline.AugmentFlags):
     """The check's flags; the data flags are training's, so the check sees what it will."""
     train_dir: str = flag("runs/train", "the folder rank 0 will write checkpoints to")
     host_report: bool = flag(False, "print one line of key=value facts about this host "
@@ -319,11 +321,12 @@ def run_checks(config):
     import horovod
     import horovod.tensorflow as hvd
     from hvd_cifar.distributed import (barrier, controller_name, pin_devices,
-                                       set_launch_defaults, set_timeline)
+                                       set_launch_defaults, set_op_determinism, set_timeline)
     from hvd_cifar.replica import Replica, StepConfig
 
     set_launch_defaults()
     set_timeline(config.horovod_timeline, config.horovod_timeline_mark_cycles)
+    deterministic = set_op_determinism(config.deterministic)  # timed as training runs
     mpi = mpi_check()
     hvd.init()  # Horovod: uses the MPI that mpi4py started, if any
     rank, size, local_rank, local_size = hvd.rank(), hvd.size(), hvd.local_rank(), \
@@ -420,6 +423,7 @@ def run_checks(config):
         "horovod_nccl": bool(hvd.nccl_built()),
         "horovod_cuda": horovod_build_cuda(),
         "open_mpi": open_mpi_version(),
+        "deterministic_ops": deterministic,
     }
     allreduce = {"bytes": nbytes, "correct": all(f["correct"] for f in every_rank),
                  "seconds": round(seconds, 6),
@@ -501,7 +505,10 @@ def table(result):
                  f"{', NCCL' if versions['horovod_nccl'] else ', no NCCL'}"
                  f"{', CUDA ' + versions['horovod_cuda'] if versions.get('horovod_cuda') else ''}"
                  "), "
-                 f"{versions['open_mpi'] or 'no Open MPI'}")
+                 f"{versions['open_mpi'] or 'no Open MPI'}; ops "
+                 + ("deterministic (--deterministic on: a resume is bit-identical)"
+                    if versions.get("deterministic_ops") else
+                    "not deterministic (--deterministic off)"))
     lines.append(f"verdict: {result['verdict']} ({result['ranks']} ranks on "
                  f"{len(result['hosts'])} host(s))")
     return "\n".join(lines)

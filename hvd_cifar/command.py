@@ -186,6 +186,14 @@ def cpu_threads_per_rank(requested, cores, ranks_on_host):
 
 
 @dataclasses.dataclass
+class DeterminismFlags:
+    deterministic: str = flag("on", "TensorFlow's op determinism: a rerun, or a resumed run, "
+                              "gives the same weights bit for bit, on GPUs too (cuDNN otherwise "
+                              "picks non-deterministic kernels); off may be faster on a GPU",
+                              choices=("on", "off"))
+
+
+@dataclasses.dataclass
 class AllreduceFlags:
     fp16_allreduce: bool = flag(False, "compress gradients to float16 for the all-reduce "
                                 "(halves the traffic between hosts)")

@@ -102,6 +102,20 @@ def pin_devices(local_rank, local_size, threads_per_rank=0):
     return f"CPU/{threads} threads"
 
 
+def set_op_determinism(setting):
+    """--deterministic on: TensorFlow's ops give the same results run after run (cuDNN's
+    convolution gradients and several reductions on GPUs otherwise vary). Whether it is on."""
+    if setting == "on":
+        tf.config.experimental.enable_op_determinism()
+    return op_determinism_enabled()
+
+
+def op_determinism_enabled():
+    # TensorFlow 2.15 keeps the question private (tf.config has only the switch).
+    from tensorflow.python.framework import config as framework_config
+    return framework_config.is_op_determinism_enabled()
+
+
 def fail_together(action):
     """Run action on this rank; when it raises a UserError on any rank, raise it on every rank.
 

@@ -17,13 +17,15 @@ import time
 import tensorflow as tf
 import horovod.tensorflow as hvd
 
-from hvd_cifar.command import (RankFailure, Stopped, TimelineFlags, UserError, flag,
-                               non_negative_float, parse_command, positive_int, run_command,
+from hvd_cifar.command import (DeterminismFlags, RankFailure, Stopped, TimelineFlags, UserError,
+                               flag, non_negative_float, parse_command, positive_int, run_command,
                                seed_int)
 from hvd_cifar.data import download, records
 from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Watchdog,
                                    controller_name, barrier, fail_together, lost_peer_reason,
-                                   pin_devices, set_launch_defaults, set_timeline)
+                                   op_determinism_enabled,
+                                   pin_devices, set_launch_defaults, set_op_determinism,
+                                   set_timeline)
 from hvd_cifar.output import RunOutput
 from hvd_cifar.rank_input import augmentation_place, ready_data_and_count_steps, rank_batches
 from hvd_cifar.replica import (Replica, StepConfig, check_loss, choose_optimizer, optimizer_record,
@@ -36,7 +38,7 @@ DEFAULT_HANG_TIMEOUT_SECONDS = 600.0
 
 
 @dataclasses.dataclass
-class TrainConfig(StepConfig, TimelineFlags, download.DataSourceFlags):
+class TrainConfig(StepConfig, TimelineFlags, DeterminismFlags, download.DataSourceFlags):
     """The train command's flags: the step's (StepConfig), the data's and the loop's."""
     train_dir: str = flag("runs/train", "checkpoints, TensorBoard events and train.log "
                           "(rank 0 writes); an existing one is resumed")
@@ -81,6 +83,7 @@ def train(config):
     hvd.init()
     # Horovod: one GPU per rank, by its rank on this host.
     device = pin_devices(hvd.local_rank(), hvd.local_size(), config.threads_per_rank)
+    set_op_determinism(config.deterministic)
     # Python, NumPy and TensorFlow: Keras initializers without a seed draw one from Python.
     tf.keras.utils.set_random_seed(config.seed)
     trainer = Trainer(choose_optimizer(config, hvd.size(), config.elastic), device)  # Horovod:
@@ -141,7 +144,10 @@ class Trainer:
         devices = hvd.allgather_object(self.device)
         job = (f"{size} ranks ({hvd.local_size()} on this host), {controller_name()} "  # Horovod:
                f"controller{' (elastic)' if elastic_state is not None else ''}, devices: "
-               + ", ".join(f"{r}={d}" for r, d in enumerate(devices)))
+               + ", ".join(f"{r}={d}" for r, d in enumerate(devices))
+               + ("; deterministic ops (--deterministic on)"
+                  if op_determinism_enabled()
+                  else "; ops not deterministic (--deterministic off)"))
         global_batch = config.batch_size * size * config.backward_passes_per_step  # Horovod:
         record = {"ranks": size, "global_batch": global_batch, "lr_rule": replica.lr_rule,
                   "steps_per_epoch": replica.steps_per_epoch, **optimizer_record(config),

@@ -9,6 +9,8 @@ uses and of the helpers it calls, and marks it
 `make test-fast` runs the tests with none of them. A guard keeps the rule honest: a test it left
 unmarked that starts a launcher or a trainer anyway fails, naming the command.
 """
+import ast
+import builtins
 import inspect
 import os
 import re
@@ -25,17 +27,19 @@ from hvd_cifar.data import records  # noqa: E402
 
 CLUSTER = os.path.join(REPO_ROOT, "tests", "cluster")
 
+# Matched against code as ast.unparse writes it (single quotes, no comments or docstrings).
 NEEDS = {
     "launcher": r"horovodrun|mpirun|\bsrun\b|sbatch|scontrol|\blaunched\(|"
-                r"(local|multinode|elastic|reproduce|check_cluster)\.sh|\"make\"|'make'|"
-                r"namespace_hosts|slurm",
-    "trains": r"hvd_cifar\.train\b|\"hvd_cifar\.train\"|train_command|\btrained\b|one_step|"
-              r"\.fit\(|hvd_cifar\.bench\b|\"hvd_cifar\.bench\"|bench_suite|\.step\(",
-    "root": r"small_disk|namespace_hosts|\bmount\b|netns|slurm|apt-get|unwritable_for_root|"
-            r"geteuid",
-    "shared": r"\.\./shared|\"shared\"|SHARED_",
+                r"(local|multinode|elastic|reproduce|check_cluster)\.sh|"
+                r"(?:return|\(|=)\s*\['make', (?!'-n')|namespace_hosts|slurm",
+    "trains": r"hvd_cifar\.train\b|train_command|\btrained\b|one_step|"
+              r"\.fit\(|hvd_cifar\.bench\b|bench_suite|\.step\(",
+    "root": r"small_disk|namespace_hosts|'mount'|netns|slurm|apt-get|unwritable_for_root",
+    "shared": r"\.\./shared|'shared'|SHARED_",
 }
 NEEDS = {name: re.compile(pattern) for name, pattern in NEEDS.items()}
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+SHARED_DIR = os.path.realpath(os.path.join(REPO_ROOT, "..", "shared"))
 
 
 def pytest_configure(config):
@@ -46,31 +50,55 @@ def pytest_configure(config):
         config.addinivalue_line("markers", f"{name}: {meaning} (set by tests/conftest.py)")
 
 
-def source_of(function):
+def code_of(function):
+    """function's code without docstrings or comments, as ast.unparse writes it."""
     try:
-        return textwrap.dedent(inspect.getsource(function))
-    except (OSError, TypeError):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
         return ""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
+def tests_functions_called(function, code):
+    """The functions of tests/ that code calls by a name (or module.name) bound where function
+    was defined: the test module, helpers, or any module of tests/ it imported."""
+    found = []
+    for module_name, name in re.findall(r"\b(?:([A-Za-z_]\w*)\.)?([A-Za-z_]\w*)\(", code):
+        scope = function.__globals__
+        if module_name:
+            owner = scope.get(module_name)
+            helper = getattr(owner, name, None) if inspect.ismodule(owner) else None
+        else:
+            helper = scope.get(name)
+        helper = inspect.unwrap(helper) if callable(helper) else helper  # contextmanagers
+        if inspect.isfunction(helper) and os.path.dirname(
+                os.path.abspath(inspect.getsourcefile(helper) or "")) == TESTS_DIR:
+            found.append(helper)
+    return found
 
 
 def sources_reached(item):
-    """The test's source, its fixtures' (transitively) and the module helpers they call."""
+    """The test's code, its fixtures' (transitively) and the code of every function of tests/
+    they call, in any module, without docstrings or comments; and its parameters."""
     seen, texts = set(), []
-    module = item.module
     pending = [item.function]
-    for definitions in item._fixtureinfo.name2fixturedefs.values():
-        pending += [definition.func for definition in definitions]
+    for name, definitions in item._fixtureinfo.name2fixturedefs.items():
+        if name != "unmarked_tests_start_nothing_heavy":  # the guard itself needs nothing
+            pending += [definition.func for definition in definitions]
     while pending:
         function = pending.pop()
         if function in seen:
             continue
         seen.add(function)
-        text = source_of(function)
-        texts.append(text)
-        for name in set(re.findall(r"\b([A-Za-z_]\w*)\(", text)):
-            helper = getattr(module, name, None)
-            if inspect.isfunction(helper) and helper.__module__ in (module.__name__, "helpers"):
-                pending.append(helper)
+        code = code_of(function)
+        texts.append(code)
+        pending += tests_functions_called(function, code)
     texts += [repr(mark.args) for mark in item.iter_markers("parametrize")]
     return "\n".join(texts)
 
@@ -83,27 +111,65 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(name)
 
 
-HEAVY_COMMAND = re.compile(r"horovodrun|mpirun|\bsrun\b|sbatch|^make$|"
-                           r"(local|multinode|elastic|reproduce|check_cluster)\.sh$|"
-                           r"^hvd_cifar\.(train|bench)$")
+# What a test may start only when the rule marked it so, by the marker it needs.
+COMMANDS_NEEDING = {
+    "launcher": re.compile(r"horovodrun|mpirun|^srun$|^sbatch$|^scontrol$|^make$|"
+                           r"(local|multinode|elastic|reproduce|check_cluster)\.sh$"),
+    "trains": re.compile(r"^hvd_cifar\.(train|bench)$"),
+    "root": re.compile(r"^(mount|umount|apt-get)$|netns\.sh$|system_packages\.sh$"),
+}
+
+
+def needs_of_command(words):
+    """The markers a command needs: what it starts, and ../shared when it names it."""
+    needs = set()
+    dry_make = words and os.path.basename(words[0]) == "make" and "-n" in words
+    for word in words:
+        for name, pattern in COMMANDS_NEEDING.items():
+            if (pattern.search(os.path.basename(word)) or pattern.search(word)) and not (
+                    name == "launcher" and dry_make):
+                needs.add(name)
+        if SHARED_DIR in os.path.realpath(word) or "../shared" in word:
+            needs.add("shared")
+    return needs
 
 
 @pytest.fixture(autouse=True)
-def unmarked_tests_start_no_launcher_or_trainer(request, monkeypatch):
-    if any(request.node.get_closest_marker(name) for name in ("launcher", "trains")):
-        return
-    original = subprocess.Popen.__init__
+def unmarked_tests_start_nothing_heavy(request, monkeypatch):
+    """The runtime side of the rule: a test it left unmarked that starts a launcher, a trainer
+    or a root command, trains in this process (hvd.init, Trainer.run) or reads ../shared fails
+    at once, naming what it did, instead of running it."""
+    marked = {name for name in NEEDS if request.node.get_closest_marker(name)}
 
-    def guarded(self, args, *rest, **options):
-        words = [args] if isinstance(args, (str, bytes)) else [str(a) for a in args]
-        for word in words:
-            if HEAVY_COMMAND.search(os.path.basename(str(word))) or HEAVY_COMMAND.search(
-                    str(word)):
-                raise AssertionError(f"this test starts `{' '.join(words)}` but the rule in "
-                                     "tests/conftest.py did not mark it: extend NEEDS")
-        original(self, args, *rest, **options)
+    def refuse(what, need):
+        raise AssertionError(f"this test {what} but the rule in tests/conftest.py did not mark "
+                             f"it `{need}`: extend NEEDS")
 
-    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+    original_popen = subprocess.Popen.__init__
+
+    def guarded_popen(self, args, *rest, **options):
+        words = [os.fsdecode(args)] if isinstance(args, (str, bytes)) else [
+            os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in args]
+        for need in sorted(needs_of_command(words) - marked):
+            refuse(f"starts `{' '.join(words)}`", need)
+        original_popen(self, args, *rest, **options)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded_popen)
+    if "shared" not in marked:
+        original_open = builtins.open
+
+        def guarded_open(file, *rest, **options):
+            if isinstance(file, (str, bytes, os.PathLike)) and os.path.realpath(
+                    os.fsdecode(file)).startswith(SHARED_DIR + os.sep):
+                refuse(f"opens {os.fsdecode(file)}", "shared")
+            return original_open(file, *rest, **options)
+        monkeypatch.setattr(builtins, "open", guarded_open)
+    if "trains" not in marked:
+        import horovod.tensorflow as hvd
+        from hvd_cifar import train
+        monkeypatch.setattr(hvd, "init", lambda *a, **k: refuse("calls hvd.init()", "trains"))
+        monkeypatch.setattr(train.Trainer, "run",
+                            lambda *a, **k: refuse("calls Trainer.run()", "trains"))
 
 
 @pytest.fixture(scope="session")

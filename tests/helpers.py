@@ -225,3 +225,45 @@ def fill(folder):
                     filler.write(b"\0" * chunk)
             except OSError:
                 pass
+
+
+# ---------------------------------------------------------------------------------------------
+# What this host has: expectations are derived from it, never from the machine the suite was
+# written on
+
+def tensorflow_gpu_count():
+    import tensorflow as tf  # only the tests that ask pay for importing it
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def nvidia_smi_gpus():
+    """What nvidia-smi lists here (a list; None without a working nvidia-smi)."""
+    from hvd_cifar import check
+    return check.nvidia_smi_gpus()
+
+
+def expected_devices(ranks_on_host):
+    """The trainer's `devices:` words for ranks_on_host ranks of this host: each rank's GPU
+    where TensorFlow sees GPUs, else each rank's share of the cores this process may use."""
+    if tensorflow_gpu_count():
+        return ", ".join(f"{r}=GPU:{r}" for r in range(ranks_on_host))
+    threads = max(1, len(os.sched_getaffinity(0)) // ranks_on_host)
+    return ", ".join(f"{r}=CPU/{threads} threads" for r in range(ranks_on_host))
+
+
+def expected_gpu_row_without_tensorflow_gpus(host, require_gpu):
+    """(status, detail end) of check's gpus row on a host where TensorFlow sees no GPU, from
+    what nvidia-smi lists here."""
+    listed = nvidia_smi_gpus()
+    if listed:
+        return "FAIL", f"nvidia-smi lists {len(listed)} GPUs, TensorFlow sees none"
+    if not require_gpu:
+        return "PASS", "a CPU job"
+    return "FAIL", (f"rank 0 on {host} has no GPU (--require_gpu): "
+                    + ("no nvidia-smi, so no NVIDIA driver" if listed is None
+                       else "nvidia-smi lists none"))
+
+
+def gpus_unusable_here():
+    """Whether nvidia-smi lists GPUs that TensorFlow does not see (check then fails them)."""
+    return bool(nvidia_smi_gpus()) and not tensorflow_gpu_count()

@@ -9,7 +9,9 @@ import sys
 import pytest
 
 from hvd_cifar import check, model as model_lib
-from helpers import BIN, horovodrun, link_bytes, python_module, run
+from helpers import (BIN, expected_devices, expected_gpu_row_without_tensorflow_gpus,
+                     gpus_unusable_here, horovodrun, link_bytes, python_module, run,
+                     tensorflow_gpu_count)
 
 CHECK_NAMES = ["gpus", "compute_capability", "xla", "allreduce", "bandwidth", "stragglers",
                "input", "train_dir", "data"]
@@ -23,14 +25,20 @@ def report_of(result):
     return json.loads(lines[-1][lines[-1].index("{"):])
 
 
-def test_alone_every_check_passes_on_this_cpu_host(tiny_data, tmp_path):
+def test_alone_every_check_passes_on_a_host_whose_gpus_tensorflow_sees(tiny_data, tmp_path):
+    """On a CPU host every check passes; on one whose nvidia-smi lists GPUs that TensorFlow
+    cannot use (a driver without the CUDA libraries), the gpus check alone fails."""
     result = python_module("hvd_cifar.check", "--data_dir", tiny_data, "--train_dir",
                            tmp_path / "run", *QUICK)
-    assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
+    gpus_unusable = gpus_unusable_here()
     for name in CHECK_NAMES:
-        assert any(line.startswith(name + " ") and " PASS " in line for line in lines), name
-    assert lines[-1] == "verdict: pass (1 ranks on 1 host(s))"
+        status = "FAIL" if name == "gpus" and gpus_unusable else "PASS"
+        assert any(line.startswith(name + " ") and f" {status} " in line for line in lines), \
+            (name, result.stdout)
+    verdict = "fail" if gpus_unusable else "pass"
+    assert lines[-1] == f"verdict: {verdict} (1 ranks on 1 host(s))"
+    assert result.returncode == (1 if gpus_unusable else 0), result.stderr[-3000:]
     assert not (tmp_path / "run").exists()  # checking writes nothing
 
 
@@ -38,12 +46,16 @@ def test_alone_every_check_passes_on_this_cpu_host(tiny_data, tmp_path):
 def test_two_ranks_report_every_field_and_an_exact_allreduce(tiny_data, tmp_path, controller):
     result = horovodrun(2, controller, "hvd_cifar.check", "--json", "--data_dir", tiny_data,
                         "--train_dir", tmp_path, *QUICK)
-    assert result.returncode == 0, result.stderr[-3000:]
+    unusable = gpus_unusable_here()
+    assert result.returncode == (1 if unusable else 0), result.stderr[-3000:]
     report = report_of(result)
-    assert report["ranks"] == 2 and report["verdict"] in ("pass", "warn")
+    assert report["ranks"] == 2
+    assert report["verdict"] in (("fail",) if unusable else ("pass", "warn"))
     assert [row["rank"] for row in report["per_rank"]] == [0, 1]
+    devices = expected_devices(2).split(", ")
+    assert [f"{row['rank']}={row['device']}" for row in report["per_rank"]] == devices
     assert all(row["host"] == socket.gethostname() and row["images_per_sec"] > 0
-               and row["device"].startswith("CPU/") for row in report["per_rank"])
+               for row in report["per_rank"])
     allreduce = report["allreduce"]
     assert allreduce["bytes"] == model_lib.NUM_PARAMETERS * 4 and allreduce["correct"]
     # nccl-tests' bus bandwidth of a 2-rank all-reduce equals its algorithm bandwidth.
@@ -60,13 +72,16 @@ def test_two_ranks_report_every_field_and_an_exact_allreduce(tiny_data, tmp_path
     assert versions["open_mpi"].startswith("mpirun (Open MPI)")
 
 
-def test_require_gpu_fails_here_naming_the_host(tmp_path):
+def test_require_gpu_fails_a_host_without_a_usable_gpu_naming_it(tmp_path):
+    if tensorflow_gpu_count():
+        pytest.skip("TensorFlow sees a GPU on this host: --require_gpu passes here")
     result = python_module("hvd_cifar.check", "--require_gpu", "--train_dir", tmp_path,
                            *QUICK)
     assert result.returncode == 1
     gpus = [line for line in result.stdout.splitlines() if line.startswith("gpus ")]
-    assert gpus == [f"gpus                FAIL  rank 0 on {socket.gethostname()} has no GPU "
-                    "(--require_gpu): no nvidia-smi, so no NVIDIA driver"]
+    status, detail = expected_gpu_row_without_tensorflow_gpus(socket.gethostname(), True)
+    assert len(gpus) == 1 and gpus[0].startswith(f"gpus                {status}  ")
+    assert gpus[0].endswith(detail) or detail in gpus[0], gpus
     assert result.stdout.splitlines()[-1].startswith("verdict: fail")
 
 

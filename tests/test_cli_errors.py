@@ -8,9 +8,9 @@ from hvd_cifar import train
 
 
 @pytest.mark.parametrize("value, fragment", [
-    ("0", "argument --batch_size: must be a positive integer, got '0'"),
-    ("-3", "argument --batch_size: must be a positive integer, got '-3'"),
-    ("many", "argument --batch_size: must be a positive integer, got 'many'"),
+    ("0", "argument --batch_size: must be an integer from 1 to 65536, got '0'"),
+    ("-3", "argument --batch_size: must be an integer from 1 to 65536, got '-3'"),
+    ("many", "argument --batch_size: must be an integer from 1 to 65536, got 'many'"),
 ])
 def test_a_bad_batch_size_is_named(value, fragment):
     result = in_process(train.main, "--synthetic", "--batch_size", value)

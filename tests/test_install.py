@@ -14,9 +14,17 @@ INSTALL = os.path.join(REPO_ROOT, "launch", "install.sh")
 PYENV = os.path.expanduser("~/.pyenv/versions")
 
 
+def path_without_nvidia_smi():
+    """This PATH without the folders holding an nvidia-smi: the plan then sees only the GPUs
+    a test gives it, whatever GPUs this host has."""
+    return os.pathsep.join(folder for folder in os.environ["PATH"].split(os.pathsep)
+                           if not os.access(os.path.join(folder, "nvidia-smi"), os.X_OK))
+
+
 def plan(tmp_path, **env):
     result = subprocess.run(["/bin/bash", INSTALL, "--plan"], capture_output=True, text=True,
-                            env={**os.environ, "HVD_CIFAR_VENV": str(tmp_path / "no-venv"),
+                            env={**os.environ, "PATH": path_without_nvidia_smi(),
+                                 "HVD_CIFAR_VENV": str(tmp_path / "no-venv"),
                                  "HVD_CIFAR_NVIDIA_DEVICE": str(tmp_path / "no-device"),
                                  "HVD_CIFAR_NVIDIA_PROC": str(tmp_path / "no-proc"), **env})
     return result, dict(line.split(": ", 1) for line in result.stdout.splitlines())
@@ -36,6 +44,8 @@ def test_a_gpu_host_gets_the_nccl_build_and_a_cpu_host_the_cpu_build(tmp_path, f
         env["HVD_CIFAR_NVIDIA_PROC"] = str(tmp_path / "gpus")
     if forced is None:
         env["HVD_CIFAR_GPU"] = ""
+    if build == "nccl":  # a toolkit of the test's own, whatever nvcc this host has or lacks
+        env["HOROVOD_CUDA_HOME"] = str(fake_toolkit(tmp_path, "13.0"))
     result, decided = plan(tmp_path, **env)
     assert result.returncode == 0, result.stderr
     assert decided["tensorflow"] == ("tensorflow[and-cuda]==2.15.1" if build == "nccl"
@@ -57,7 +67,8 @@ def test_a_bad_gpu_setting_is_one_line(tmp_path):
 @pytest.mark.parametrize("version", ["3.9", "3.10", "3.11"])
 def test_python_3_9_to_3_11_is_taken_and_named_in_the_cache_key(tmp_path, version):
     pythons = glob.glob(f"{PYENV}/{version}.*/bin/python{version}")
-    assert pythons, f"this machine's pyenv has Python {version}"
+    if not pythons:
+        pytest.skip(f"no Python {version} under {PYENV} on this host")
     result, decided = plan(tmp_path, PYTHON=pythons[0])
     assert result.returncode == 0, result.stderr
     assert decided["python"] == f"{pythons[0]} ({version})"
@@ -66,7 +77,8 @@ def test_python_3_9_to_3_11_is_taken_and_named_in_the_cache_key(tmp_path, versio
 
 def test_only_python_3_12_or_newer_is_refused_with_the_ways_out(tmp_path):
     newer = sorted(glob.glob(f"{PYENV}/3.1[23].*/bin/python3.1[23]"))
-    assert newer, "this machine's pyenv has Python 3.12 or 3.13"
+    if not newer:
+        pytest.skip(f"no Python 3.12 or 3.13 under {PYENV} on this host")
     path = tmp_path / "bin"
     path.mkdir()
     os.symlink(newer[0], path / "python3")  # a host whose only python3 is 3.12 or newer
@@ -117,7 +129,7 @@ esac
 
 def gpu_plan(tmp_path, release, driver=None, **env):
     home = fake_toolkit(tmp_path, release)
-    path = os.environ["PATH"]
+    path = path_without_nvidia_smi()
     if driver:
         path = f"{fake_driver(tmp_path, *driver)}:{path}"
     return plan(tmp_path, HVD_CIFAR_GPU="1", HOROVOD_CUDA_HOME=str(home), PATH=path, **env)

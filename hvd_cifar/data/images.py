@@ -41,7 +41,7 @@ def read_image_file(path):
                 raise UserError(problem)
             return f.read(MAX_IMAGE_BYTES + 1)
     except OSError as error:
-        raise UserError(f"cannot be read ({error.strerror})") from None
+        raise UserError(f"cannot be read: {error.strerror}") from None
 
 
 def to_rgb8(image):
