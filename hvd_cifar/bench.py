@@ -205,12 +205,13 @@ def bench_inputs(config, scratch_dir):
 
 def bench_horovod(config, scratch_dir):
     import horovod.tensorflow as hvd
-    from hvd_cifar.distributed import barrier, controller_name, pin_devices, set_launch_defaults
+    from hvd_cifar.distributed import (barrier, controller_name, pin_devices,
+                                       set_launch_defaults, start_horovod)
     from hvd_cifar.replica import Replica, StepConfig
 
     # Horovod: the same start as train.py: init, then pin a GPU or a share of the cores.
     set_launch_defaults()
-    hvd.init()
+    start_horovod()
     rank, size = hvd.rank(), hvd.size()
     device = pin_devices(hvd.local_rank(), hvd.local_size(), config.threads_per_rank)
     tf.keras.utils.set_random_seed(rank)

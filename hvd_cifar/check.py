@@ -321,14 +321,15 @@ def run_checks(config):
     import horovod
     import horovod.tensorflow as hvd
     from hvd_cifar.distributed import (barrier, controller_name, pin_devices,
-                                       set_launch_defaults, set_op_determinism, set_timeline)
+                                       set_launch_defaults, set_op_determinism, set_timeline,
+                                       start_horovod)
     from hvd_cifar.replica import Replica, StepConfig
 
     set_launch_defaults()
     set_timeline(config.horovod_timeline, config.horovod_timeline_mark_cycles)
     deterministic = set_op_determinism(config.deterministic)  # timed as training runs
     mpi = mpi_check()
-    hvd.init()  # Horovod: uses the MPI that mpi4py started, if any
+    start_horovod()  # Horovod: uses the MPI that mpi4py started, if any
     rank, size, local_rank, local_size = hvd.rank(), hvd.size(), hvd.local_rank(), \
         hvd.local_size()
     host = socket.gethostname()

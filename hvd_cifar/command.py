@@ -50,11 +50,20 @@ class Stopped(Exception):
         self.signal_number = signal_number
 
 
+# Whether this process says the errors of its job: every process, until a command that
+# starts a job of several processes says which one does (distributed.start_horovod).
+_says_errors = [lambda: True]
+
+
+def say_errors_when(predicate):
+    """From now on this process says a shared error only when predicate() is true."""
+    _says_errors[0] = predicate
+
+
 def says_errors():
     """False on the ranks other than 0 of a Horovod job: the ranks agree on a failure before
     they part (see distributed.fail_together), so rank 0 says it once for all."""
-    hvd = sys.modules.get("horovod.tensorflow")  # only a command that started Horovod has it
-    return hvd is None or not hvd.is_initialized() or hvd.rank() == 0
+    return _says_errors[0]()
 
 
 def run_command(main):

@@ -12,7 +12,7 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 from horovod.common.elastic import ObjectState
 
-from hvd_cifar.command import UserError, cpu_threads_per_rank, say
+from hvd_cifar.command import UserError, cpu_threads_per_rank, say, say_errors_when
 from hvd_cifar.processes import caught_signals, parent_pid, process_arguments, process_start_time
 
 # Horovod: a rank that waits in a collective longer than this (another rank died or hangs)
@@ -62,6 +62,13 @@ def check_stall_times(environment):
     if 0 < shutdown < check:
         raise UserError(f"{names[0]}={shutdown:g} is below {names[1]} ({check:g} s), so Horovod "
                         f"would ignore it: set it above {check:g}, or lower {names[1]} too")
+
+
+def start_horovod():
+    """Horovod: start the controller (MPI or Gloo) and learn this process's place in the job;
+    from then on rank 0 alone says the errors the ranks meet together."""
+    hvd.init()
+    say_errors_when(lambda: not hvd.is_initialized() or hvd.rank() == 0)
 
 
 def controller_name():

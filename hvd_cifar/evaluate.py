@@ -24,7 +24,7 @@ from hvd_cifar import checkpoint as checkpoint_lib
 from hvd_cifar.data import download, pipeline, records
 from hvd_cifar.command import (Stopped, UserError, batch_size_int, flag, parse_command,
                                positive_int, run_command, say)
-from hvd_cifar.distributed import StopRequest, fail_together
+from hvd_cifar.distributed import StopRequest, fail_together, start_horovod
 from hvd_cifar.files import write_atomically
 
 EVAL_BATCH_SIZE = 1000
@@ -272,7 +272,7 @@ def read_test_data(data_dir):
 
 
 def evaluate(config):
-    hvd.init()  # Horovod: alone this is a job of size 1; under horovodrun each rank a shard.
+    start_horovod()  # Horovod: alone a job of size 1; under horovodrun each rank a shard.
     # Horovod: rank 0 writes the results, and every rank stops when it could not.
     fail_together(lambda: check_output_dir(config) if hvd.rank() == 0 else None)
     # Horovod: a rank missing the data stops every rank, not only itself.

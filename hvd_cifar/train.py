@@ -25,7 +25,7 @@ from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Wat
                                    controller_name, barrier, fail_together, lost_peer_reason,
                                    op_determinism_enabled,
                                    pin_devices, set_launch_defaults, set_op_determinism,
-                                   set_timeline)
+                                   set_timeline, start_horovod)
 from hvd_cifar.output import RunOutput
 from hvd_cifar.rank_input import augmentation_place, ready_data_and_count_steps, rank_batches
 from hvd_cifar.replica import (Replica, StepConfig, check_loss, choose_optimizer, optimizer_record,
@@ -80,7 +80,7 @@ def train(config):
         raise UserError("--elastic needs an elastic launch: horovodrun --min-np N --max-np M "
                         "--host-discovery-script SCRIPT (see launch/elastic.sh)")
     # Horovod: start the controller (MPI or Gloo) and learn this process's place in the job.
-    hvd.init()
+    start_horovod()
     # Horovod: one GPU per rank, by its rank on this host.
     device = pin_devices(hvd.local_rank(), hvd.local_size(), config.threads_per_rank)
     set_op_determinism(config.deterministic)

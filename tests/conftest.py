@@ -11,6 +11,7 @@ unmarked that starts a launcher or a trainer anyway fails, naming the command.
 """
 import ast
 import builtins
+import hashlib
 import inspect
 import os
 import re
@@ -190,7 +191,8 @@ TRAINED_CLASS_NAMES = [f"class{i}" for i in range(10)]
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """(data_dir, train_dir, test images, test labels) after 4 real training steps of batch 8,
-    logged every 2. Built once; tests read it (evaluations write their results into it)."""
+    logged every 2. Built once; tests only read it (evaluations write to an --eval_dir), and
+    the session checks at its end that no test changed it."""
     root = tmp_path_factory.mktemp("trained")
     batches_dir, arrays = write_cifar_dir(str(root), train_per_file=16,
                                           num_test=TRAINED_TEST_RECORDS)
@@ -202,7 +204,22 @@ def trained(tmp_path_factory):
                              "8", "--log_frequency", "2", "--no_download"],
                             capture_output=True, text=True, env=ENV, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
-    return (root, train_dir, *arrays["test_batch.bin"])
+    made = folder_contents(root)
+    yield (root, train_dir, *arrays["test_batch.bin"])
+    # Every test reads it: one that wrote into it (an evaluation without --eval_dir) would
+    # change what the tests after it read.
+    assert folder_contents(root) == made, "a test wrote into the shared trained fixture"
+
+
+def folder_contents(root):
+    """{relative path: sha256 of its bytes} of every file under root."""
+    contents = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                contents[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return contents
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import select
 import subprocess
 import sys
 
@@ -137,13 +138,17 @@ def test_a_precision_change_on_resume_is_said_or_names_use_fp16(trained, tmp_pat
     assert "resuming with changes: --use_fp16 True -> False" in resumed.stdout
 
 
-def test_evaluate_says_it_is_waiting_for_checkpoints(trained):
+def test_evaluate_says_it_is_waiting_for_checkpoints(trained, tmp_path):
     data_dir, train_dir, _, _ = trained
     process = subprocess.Popen(
         [sys.executable, "-m", "hvd_cifar.evaluate", "--data_dir", str(data_dir),
-         "--checkpoint_dir", str(train_dir), "--eval_interval_secs", "600"],
+         "--checkpoint_dir", str(train_dir), "--eval_dir", str(tmp_path),
+         "--eval_interval_secs", "600"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO_ROOT)
     try:
+        # A watcher that never says anything must fail the test, not hang it.
+        ready, _, _ = select.select([process.stdout], [], [], 120)
+        assert ready, "evaluate said nothing in 120 s"
         first = process.stdout.readline()
     finally:
         process.terminate()

@@ -191,31 +191,56 @@ def test_across_two_hosts_the_allreduce_crosses_the_links(namespace_hosts, tiny_
 FLAG_MODULES = ["hvd_cifar.train", "hvd_cifar.evaluate", "hvd_cifar.check"]
 
 
+CONFIG_CLASSES = {"hvd_cifar.train": "TrainConfig", "hvd_cifar.evaluate": "EvalConfig",
+                  "hvd_cifar.check": "CheckConfig"}
+
+
 def all_flags(module):
-    """Every flag of a command, in both spellings, with a value where it takes one."""
+    """Every flag of a command, in both spellings, each with a value it accepts where it takes
+    one (its default, else its first choice, or 1)."""
     import dataclasses
     import importlib
-    config_class = {"hvd_cifar.train": "TrainConfig", "hvd_cifar.evaluate": "EvalConfig",
-                    "hvd_cifar.check": "CheckConfig"}[module]
-    fields = dataclasses.fields(getattr(importlib.import_module(module), config_class))
+    fields = dataclasses.fields(getattr(importlib.import_module(module), CONFIG_CLASSES[module]))
     flags = []
     for field in fields:
-        for spelling in {field.name, field.name.replace("_", "-")}:
+        for spelling in sorted({field.name, field.name.replace("_", "-")}):
             flags.append(f"--{spelling}")
             if field.default is not False:
-                flags.append("1")
+                choices = field.metadata.get("choices")
+                flags.append(choices[0] if choices and field.default is None else
+                             "1" if field.default is None else str(field.default))
     return flags
+
+
+# Run by horovodrun: the command's own parser reads what reached the process, and the values
+# it parsed are printed, so a flag horovodrun took, dropped or changed shows.
+PARSE = """
+import dataclasses, importlib, json, sys
+from hvd_cifar.command import parse_command
+module, config_class = sys.argv[1], sys.argv[2]
+config = parse_command(getattr(importlib.import_module(module), config_class), module, "",
+                       sys.argv[3:])
+print("PARSED " + json.dumps({k: str(v) for k, v in dataclasses.asdict(config).items()}))
+"""
 
 
 @pytest.mark.parametrize("module", FLAG_MODULES)
 def test_every_flag_reaches_the_command_through_horovodrun(module):
     flags = all_flags(module)
-    echo = "import json, sys; print('ARGV ' + json.dumps(sys.argv[1:]))"
     result = run([os.path.join(BIN, "horovodrun"), "-np", "1", "--gloo", sys.executable, "-c",
-                  echo, *flags])
+                  PARSE, module, CONFIG_CLASSES[module], *flags])
     assert result.returncode == 0, result.stderr[-2000:]
-    line = next(line for line in result.stdout.splitlines() if "ARGV " in line)
-    assert json.loads(line.split("ARGV ", 1)[1]) == flags
+    line = next(line for line in result.stdout.splitlines() if "PARSED " in line)
+    parsed = json.loads(line.split("PARSED ", 1)[1])
+    sent = {}
+    for index, word in enumerate(flags):
+        if word.startswith("--"):
+            taking = index + 1 < len(flags) and not flags[index + 1].startswith("--")
+            sent[word[2:].replace("-", "_")] = flags[index + 1] if taking else "True"
+    assert sorted(parsed) == sorted(sent)
+    # A float flag given 1 parses as 1.0; every other value comes back as it was sent.
+    assert all(parsed[name] in (value, f"{float(value)}" if value == "1" else value)
+               for name, value in sent.items()), (parsed, sent)
 
 
 def test_a_horovod_timeline_is_written_by_rank_0(tiny_data, tmp_path):

@@ -28,18 +28,20 @@ def predictions_by_hand(train_dir, images):
     return np.argmax(network((centre - mean) / std).numpy(), axis=1)
 
 
-def evaluate_once(data_dir, train_dir, ranks=1):
-    args = ("--data_dir", data_dir, "--checkpoint_dir", train_dir, "--run_once",
-            "--batch_size", 10)
+def evaluate_once(data_dir, train_dir, eval_dir, ranks=1):
+    """evaluate --run_once of train_dir, its results in eval_dir (the shared run stays as the
+    fixture made it); (the result, eval.json)."""
+    args = ("--data_dir", data_dir, "--checkpoint_dir", train_dir, "--eval_dir", eval_dir,
+            "--run_once", "--batch_size", 10)
     result = (horovodrun(ranks, "gloo", "hvd_cifar.evaluate", *args) if ranks > 1
               else python_module("hvd_cifar.evaluate", *args))
     assert result.returncode == 0, result.stderr[-3000:]
-    return result, json.loads((train_dir / "eval.json").read_text())
+    return result, json.loads((eval_dir / "eval.json").read_text())
 
 
-def test_precision_equals_the_accuracy_computed_by_hand(trained):
+def test_precision_equals_the_accuracy_computed_by_hand(trained, tmp_path):
     data_dir, train_dir, images, labels = trained
-    result, summary = evaluate_once(data_dir, train_dir)
+    result, summary = evaluate_once(data_dir, train_dir, tmp_path)
     predicted = predictions_by_hand(train_dir, images)
     expected = float(np.mean(predicted == labels))
     assert f"precision @ 1 = {expected:.3f}" in result.stdout
@@ -55,14 +57,14 @@ def test_precision_equals_the_accuracy_computed_by_hand(trained):
         if in_class.any():
             assert summary["per_class_recall"][name] == pytest.approx(
                 np.mean(predicted[in_class] == c))
-    with Image.open(train_dir / "confusion_matrix.png") as png:
+    with Image.open(tmp_path / "confusion_matrix.png") as png:
         assert png.format == "PNG" and png.width > 300
 
 
-def test_two_ranks_evaluate_every_record_once_and_agree_with_one_process(trained):
+def test_two_ranks_evaluate_every_record_once_and_agree_with_one_process(trained, tmp_path):
     data_dir, train_dir, _, _ = trained
-    _, single = evaluate_once(data_dir, train_dir)
-    result, distributed = evaluate_once(data_dir, train_dir, ranks=2)
+    _, single = evaluate_once(data_dir, train_dir, tmp_path / "one")
+    result, distributed = evaluate_once(data_dir, train_dir, tmp_path / "two", ranks=2)
     assert distributed["num_examples"] == NUM_TEST
     assert distributed["confusion_matrix"] == single["confusion_matrix"]
     assert distributed["precision_at_1"] == single["precision_at_1"]

@@ -117,8 +117,9 @@ def test_rank_0_killed_mid_save_leaves_the_previous_checkpoint_loadable(tiny_dat
     with launched(command) as job:
         wait_for_step(train_dir, 10)
         [rank_0] = trainer_pids(train_dir, "HOROVOD_RANK=0")
-        interrupted = None
+        interrupted, deadline = None, time.monotonic() + 300
         while interrupted is None and job.poll() is None:
+            assert time.monotonic() < deadline, "no save of rank 0 was caught in 300 s"
             if saving_step(train_dir) is None:
                 time.sleep(0.001)  # often: a save lasts milliseconds
                 continue
