@@ -7,6 +7,7 @@ import datetime
 import os
 import shutil
 import sys
+import time
 
 import tensorflow as tf
 
@@ -66,6 +67,7 @@ class RunOutput:
             self.log = Log(self.train_dir, config.max_steps)
             self.checkpoints = checkpoint_lib.manager(replica.checkpoint, self.train_dir,
                                                       config.keep_checkpoints)
+        self.log.warmup_steps = replica.warmup_steps
         self.replica = replica
         self.line(f"hvd_cifar: {job}")
         self.line(f"hvd_cifar: global batch {record['global_batch']} "
@@ -154,7 +156,9 @@ class Log:
     terminal, and TensorBoard scalars."""
 
     def __init__(self, train_dir, max_steps):
-        self.train_dir = train_dir
+        self.train_dir, self.max_steps = train_dir, max_steps
+        self.started = time.monotonic()  # of this process's training: resumes count anew
+        self.warmup_steps = 0
         self.file = open(os.path.join(train_dir, "train.log"), "a")
         self.writer = tf.summary.create_file_writer(train_dir)
         # A bar only for a person at a terminal: mpirun also hands its ranks a pty, but there
@@ -176,10 +180,18 @@ class Log:
                 pass
 
     def step(self, step, values):
+        # The time left is the steps left at this interval's rate: the recent one, not the
+        # average since the start, which holds the first step's tracing.
+        left = (self.max_steps - step) * values["sec_per_batch"]
+        values = {**values, "progress": step / self.max_steps, "seconds_left": left}
         text = ("%s: step %d, loss = %.2f (%.1f examples/sec; %.3f sec/batch; %.0f%% waiting "
-                "for input)" % (datetime.datetime.now(), step, values["loss"],
-                                values["examples_per_sec"], values["sec_per_batch"],
-                                100 * values["input_wait_share"]))
+                "for input) [%d of %d, %.0f%%, %s in, about %s left%s]" % (
+                    datetime.datetime.now(), step, values["loss"], values["examples_per_sec"],
+                    values["sec_per_batch"], 100 * values["input_wait_share"], step,
+                    self.max_steps, 100 * values["progress"],
+                    duration(time.monotonic() - self.started), duration(left),
+                    f"; warm-up to step {self.warmup_steps}" if step < self.warmup_steps
+                    else ""))
         self.line(text, to_stdout=self.progress is None)
         if self.progress is not None:
             # Keras ends the bar with a newline when step reaches max_steps.
@@ -196,6 +208,16 @@ class Log:
     def close(self):
         self.writer.close()
         self.file.close()
+
+
+def duration(seconds):
+    """3 s, 4 min 05 s, 2 h 07 min: as a person reads a time left."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def write_histograms(model, images, writer, step):
