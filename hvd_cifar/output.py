@@ -107,6 +107,13 @@ class RunOutput:
                                        train_dir_lib.with_history(record, self.previous_run))
         self.warn_when_checkpoints_do_not_fit()
 
+    def record_finish(self, step, digest):
+        """run.json gains when the run finished, at which step and its weights' digest."""
+        record = train_dir_lib.read_run_record(self.train_dir) or {}
+        record.update(finished=datetime.datetime.now().isoformat(timespec="seconds"),
+                      finished_step=step, weights_digest=digest)
+        train_dir_lib.write_run_record(self.train_dir, record)
+
     def checkpoint_bytes(self):
         return sum(v.numpy().nbytes for v in self.replica.state_variables())
 

@@ -26,6 +26,7 @@ from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Wat
                                    op_determinism_enabled,
                                    pin_devices, set_launch_defaults, set_op_determinism,
                                    set_timeline, start_horovod)
+from hvd_cifar import train_dir as train_dir_lib
 from hvd_cifar.output import RunOutput
 from hvd_cifar.rank_input import augmentation_place, ready_data_and_count_steps, rank_batches
 from hvd_cifar.replica import (Replica, StepConfig, check_loss, choose_optimizer, optimizer_record,
@@ -140,8 +141,10 @@ class Trainer:
         self.note_resume_point()
         batches = rank_batches(config, train_files, size, rank, step)
         replica.feed_from(batches)
-        # Horovod: collect each rank's device so rank 0 can show the whole job in one line.
+        # Horovod: collect each rank's device and host so rank 0 can show the whole job in one
+        # line and record it.
         devices = hvd.allgather_object(self.device)
+        hosts = hvd.allgather_object(socket.gethostname())
         job = (f"{size} ranks ({hvd.local_size()} on this host), {controller_name()} "  # Horovod:
                f"controller{' (elastic)' if elastic_state is not None else ''}, devices: "
                + ", ".join(f"{r}={d}" for r, d in enumerate(devices))
@@ -154,7 +157,10 @@ class Trainer:
                   "use_fp16": config.use_fp16, "augment_on": augmentation_place(config),
                   "synthetic": config.synthetic, "seed": config.seed,
                   "data_fingerprint": (None if train_files is None
-                                       else records.fingerprint(train_files[0]))}
+                                       else records.fingerprint(train_files[0])),
+                  "devices": devices, "deterministic": op_determinism_enabled()}
+        if self.is_chief:
+            record.update(train_dir_lib.provenance(config, hosts))
         # Horovod: rank 0 opens the log and says how the run is set up.
         fail_together(lambda: self.output.open(replica, job, record, step, restored)
                       if self.is_chief else None)
@@ -301,6 +307,7 @@ class Trainer:
         if self.is_chief:
             self.output.line(f"hvd_cifar: finished at step {step}; weights sha256 by rank: " +
                              " ".join(f"{r}={d}" for r, d in enumerate(digests)))
+            self.output.record_finish(step, digests[0])
             if len(set(digests)) > 1:
                 raise UserError("the ranks' weights differ after training: gradients were not "
                                 "averaged identically")

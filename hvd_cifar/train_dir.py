@@ -12,13 +12,17 @@ on another host that died: process ids of another host mean nothing here, but th
 does, on a shared file system too). --take_over_train_dir takes any lock over deliberately.
 A takeover is exclusive: of several contenders at once, one wins and the others are refused.
 """
+import dataclasses
 import datetime
 import glob
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -328,6 +332,36 @@ def read_run_record(train_dir):
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def provenance(config, hosts):
+    """What a run.json needs besides the set-up to redo the run: every flag, the code's commit
+    (and whether its tree had changes), the versions, the hosts, and the start time."""
+    import platform
+    package = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args):
+        try:
+            found = subprocess.run(["git", "-C", package, *args], capture_output=True,
+                                   text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return found.stdout.strip() if found.returncode == 0 else None
+
+    versions = {"python": platform.python_version()}
+    for name in ("tensorflow", "horovod", "numpy"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    commit = git("rev-parse", "HEAD")
+    command = "python -m hvd_cifar.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return {"flags": dataclasses.asdict(config), "command": command,
+            "commit": commit,
+            "tree_changed": None if commit is None else bool(git("status", "--porcelain",
+                                                                  "--untracked-files=no")),
+            "versions": versions, "hosts": hosts,
+            "started": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
 def write_run_record(train_dir, record):

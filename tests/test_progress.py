@@ -26,3 +26,25 @@ def test_log_lines_say_step_n_of_m_the_time_left_and_the_warm_up(tmp_path):
     assert [p.group(4) for p in progress] == ["31", "31", "31", None]
     assert scalars(tmp_path / "run", "progress") == {10: 0.25, 20: 0.5, 30: 0.75, 40: 1.0}
     assert scalars(tmp_path / "run", "seconds_left")[40] == 0.0
+
+
+def test_run_json_records_how_to_redo_the_run(tiny_data, tmp_path):
+    import json
+    import subprocess
+    from hvd_cifar.data import records
+    result = python_module("hvd_cifar.train", "--data_dir", tiny_data, "--train_dir",
+                           tmp_path / "run", "--max_steps", 4, "--batch_size", 16,
+                           "--no_download", "--seed", 7)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["flags"]["seed"] == 7 and record["flags"]["max_steps"] == 4
+    assert record["command"].startswith("python -m hvd_cifar.train --data_dir ")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert record["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    assert record["versions"]["tensorflow"] == "2.15.1"
+    assert record["hosts"] == [__import__("socket").gethostname()]
+    assert len(record["devices"]) == 1 and record["deterministic"] is True
+    paths, _ = records.split_files(str(tiny_data / records.BATCHES_DIR), "train")
+    assert record["data_fingerprint"] == records.fingerprint(paths)
+    assert record["started"] <= record["finished"] and record["finished_step"] == 4
+    assert f"0={record['weights_digest']}" in result.stdout
