@@ -10,11 +10,14 @@ Trainer's run: input, restore, loop, finish. Distributed lines are marked `# Hor
 """
 import dataclasses
 import os
+import platform
 import signal
 import socket
 import time
 
+import numpy as np
 import tensorflow as tf
+import horovod
 import horovod.tensorflow as hvd
 
 from hvd_cifar.command import (DeterminismFlags, RankFailure, Stopped, TimelineFlags, UserError,
@@ -160,7 +163,9 @@ class Trainer:
                                        else records.fingerprint(train_files[0])),
                   "devices": devices, "deterministic": op_determinism_enabled()}
         if self.is_chief:
-            record.update(train_dir_lib.provenance(config, hosts))
+            record.update(train_dir_lib.provenance(config, hosts, {
+                "python": platform.python_version(), "tensorflow": tf.__version__,
+                "horovod": horovod.__version__, "numpy": np.__version__}))
         # Horovod: rank 0 opens the log and says how the run is set up.
         fail_together(lambda: self.output.open(replica, job, record, step, restored)
                       if self.is_chief else None)

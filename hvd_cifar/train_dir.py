@@ -334,10 +334,9 @@ def read_run_record(train_dir):
         return None
 
 
-def provenance(config, hosts):
+def provenance(config, hosts, versions):
     """What a run.json needs besides the set-up to redo the run: every flag, the code's commit
-    (and whether its tree had changes), the versions, the hosts, and the start time."""
-    import platform
+    (and whether its tree had changes), the versions (given), the hosts, and the start time."""
     package = os.path.dirname(os.path.abspath(__file__))
 
     def git(*args):
@@ -348,12 +347,6 @@ def provenance(config, hosts):
             return None
         return found.stdout.strip() if found.returncode == 0 else None
 
-    versions = {"python": platform.python_version()}
-    for name in ("tensorflow", "horovod", "numpy"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            versions[name] = None
     commit = git("rev-parse", "HEAD")
     command = "python -m hvd_cifar.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return {"flags": dataclasses.asdict(config), "command": command,

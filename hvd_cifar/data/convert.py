@@ -172,7 +172,8 @@ def convert(source, out_dir, test_fraction=None, seed=0, skip_bad=False):
     for line in bad:
         print(f"hvd_cifar: bad image: {line}", file=sys.stderr)
     if bad and not skip_bad:
-        raise UserError(f"{len(bad)} images in {source} cannot be read (listed above); fix "
+        raise UserError(f"{len(bad)} image{'s' if len(bad) != 1 else ''} in {source} cannot be "
+                        "read (listed above); fix "
                         "them or pass --skip_bad; nothing was written")
 
     try:
