@@ -29,8 +29,8 @@ import numpy as np
 from hvd_cifar import model as model_lib
 from hvd_cifar.data import download, pipeline, records
 from hvd_cifar.command import (DeterminismFlags, DeviceFlags, TimelineFlags, UserError,
-                               batch_size_int, first_line, flag, parse_command, positive_float,
-                               positive_int, run_command, say)
+                               batch_size_int, count, first_line, flag, parse_command,
+                               positive_float, positive_int, run_command, say)
 
 # Random records in each training file when the check has no data to measure the input on.
 INPUT_RECORDS = 1_000
@@ -447,7 +447,8 @@ def report(config, every_rank, allreduce, versions):
     elif any(f["tf_gpus"] for f in every_rank):
         add("gpus", "PASS", "; ".join(detail for _, detail in gpu_rows))
     else:
-        add("gpus", "PASS", f"no GPU on {len({f['host'] for f in every_rank})} host(s): a CPU "
+        hosts = count(len({f["host"] for f in every_rank}), "host")
+        add("gpus", "PASS", f"no GPU on {hosts}: a CPU "
             "job (--require_gpu makes this a failure)")
     driver_rows = [f["driver"] for f in every_rank if f["driver"]]
     if driver_rows:
@@ -510,8 +511,8 @@ def table(result):
                  + ("deterministic (--deterministic on: a resume is bit-identical)"
                     if versions.get("deterministic_ops") else
                     "not deterministic (--deterministic off)"))
-    lines.append(f"verdict: {result['verdict']} ({result['ranks']} ranks on "
-                 f"{len(result['hosts'])} host(s))")
+    lines.append(f"verdict: {result['verdict']} ({count(result['ranks'], 'rank')} on "
+                 f"{count(len(result['hosts']), 'host')})")
     return "\n".join(lines)
 
 

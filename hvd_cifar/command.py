@@ -29,6 +29,11 @@ def first_line(error, default="failed"):
     return text.splitlines()[0] if text else default
 
 
+def count(number, noun, plural=None):
+    """'1 rank', '2 ranks', '1 pass', '2 passes': a count as English says it."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
 def say(text, stream=None):
     """Print one line in one write: launchers that tag every piece of a rank's output
     (mpirun's `[1,0]<stdout>:`) would otherwise split a line printed in two writes."""

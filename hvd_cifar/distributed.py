@@ -12,7 +12,7 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 from horovod.common.elastic import ObjectState
 
-from hvd_cifar.command import UserError, cpu_threads_per_rank, say, say_errors_when
+from hvd_cifar.command import UserError, count, cpu_threads_per_rank, say, say_errors_when
 from hvd_cifar.processes import caught_signals, parent_pid, process_arguments, process_start_time
 
 # Horovod: a rank that waits in a collective longer than this (another rank died or hangs)
@@ -97,7 +97,8 @@ def pin_devices(local_rank, local_size, threads_per_rank=0):
     cores = len(os.sched_getaffinity(0))
     gpu, threads = plan_devices(gpus, local_rank, local_size, cores, threads_per_rank)
     if gpu is None and threads * local_size > cores and local_rank == 0:
-        say(f"hvd_cifar: warning: --threads_per_rank {threads} x {local_size} ranks on this "
+        ranks = count(local_size, "rank")
+        say(f"hvd_cifar: warning: --threads_per_rank {threads} x {ranks} on this "
             f"host is more than its {cores} cores; the ranks will slow each other down")
     if gpu is not None:
         for device in gpus:

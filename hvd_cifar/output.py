@@ -12,7 +12,7 @@ import time
 import tensorflow as tf
 
 from hvd_cifar import checkpoint as checkpoint_lib, plan, train_dir as train_dir_lib
-from hvd_cifar.command import UserError, first_line, say
+from hvd_cifar.command import UserError, count, first_line, say
 
 
 class RunOutput:
@@ -71,8 +71,8 @@ class RunOutput:
         self.replica = replica
         self.line(f"hvd_cifar: {job}")
         self.line(f"hvd_cifar: global batch {record['global_batch']} "
-                  f"({config.batch_size} x {record['ranks']} ranks x "
-                  f"{config.backward_passes_per_step} passes), "
+                  f"({config.batch_size} x {count(record['ranks'], 'rank')} x "
+                  f"{count(config.backward_passes_per_step, 'pass', 'passes')}), "
                   f"{record['steps_per_epoch']} steps an epoch, learning rate "
                   f"{replica.schedule.peak_lr:.4g} ({replica.lr_rule}), warm-up "
                   f"{replica.warmup_steps} steps"

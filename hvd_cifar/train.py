@@ -21,8 +21,8 @@ import horovod
 import horovod.tensorflow as hvd
 
 from hvd_cifar.command import (DeterminismFlags, RankFailure, Stopped, TimelineFlags, UserError,
-                               flag, non_negative_float, parse_command, positive_int, run_command,
-                               seed_int)
+                               count, flag, non_negative_float, parse_command, positive_int,
+                               run_command, seed_int)
 from hvd_cifar.data import download, records
 from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Watchdog,
                                    controller_name, barrier, fail_together, lost_peer_reason,
@@ -148,7 +148,8 @@ class Trainer:
         # line and record it.
         devices = hvd.allgather_object(self.device)
         hosts = hvd.allgather_object(socket.gethostname())
-        job = (f"{size} ranks ({hvd.local_size()} on this host), {controller_name()} "  # Horovod:
+        job = (f"{count(size, 'rank')} ({hvd.local_size()} on this host), "  # Horovod:
+               f"{controller_name()} "
                f"controller{' (elastic)' if elastic_state is not None else ''}, devices: "
                + ", ".join(f"{r}={d}" for r, d in enumerate(devices))
                + ("; deterministic ops (--deterministic on)"

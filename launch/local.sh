@@ -42,10 +42,25 @@ stop() {
     kill -TERM -- "-$job" 2>/dev/null || true
   fi
 }
+job_alive() {  # any process left in the job's session: mpirun and the ranks outlive its pid
+  local stat line session
+  for stat in /proc/[0-9]*/stat; do
+    { read -r line < "$stat"; } 2>/dev/null || continue
+    line=${line##*) }  # the fields after the command name, which may hold spaces
+    read -r _ _ _ session _ <<< "$line"
+    [ "$session" = "$job" ] && return 0
+  done
+  return 1
+}
 trap stop INT TERM HUP
 while true; do
   status=0
   wait "$job" || status=$?
   kill -0 "$job" 2>/dev/null || break
+done
+# horovodrun --mpi runs mpirun under `sh -c`, whose end (on SIGTERM) is not the job's: return
+# only when every process of the job has stopped, so nothing writes after the prompt is back.
+while job_alive; do
+  sleep 0.5
 done
 exit "$status"

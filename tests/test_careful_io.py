@@ -176,7 +176,7 @@ def test_more_threads_than_cores_is_warned(tmp_path):
     result = python_module("hvd_cifar.train", "--synthetic", "--max_steps", 1, "--batch_size",
                            4, "--train_dir", tmp_path / "run", "--threads_per_rank", 1000)
     assert result.returncode == 0, result.stderr
-    assert f"warning: --threads_per_rank 1000 x 1 ranks on this host is more than its " \
+    assert f"warning: --threads_per_rank 1000 x 1 rank on this host is more than its " \
            f"{len(os.sched_getaffinity(0))} cores" in result.stdout
 
 

@@ -37,7 +37,7 @@ def test_alone_every_check_passes_on_a_host_whose_gpus_tensorflow_sees(tiny_data
         assert any(line.startswith(name + " ") and f" {status} " in line for line in lines), \
             (name, result.stdout)
     verdict = "fail" if gpus_unusable else "pass"
-    assert lines[-1] == f"verdict: {verdict} (1 ranks on 1 host(s))"
+    assert lines[-1] == f"verdict: {verdict} (1 rank on 1 host)"
     assert result.returncode == (1 if gpus_unusable else 0), result.stderr[-3000:]
     assert not (tmp_path / "run").exists()  # checking writes nothing
 

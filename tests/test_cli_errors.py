@@ -78,7 +78,7 @@ def test_a_batch_larger_than_the_data_is_named(tmp_path):
     write_cifar_dir(str(tmp_path), train_per_file=10)
     result = python_module("hvd_cifar.train", "--data_dir", tmp_path, "--train_dir",
                            tmp_path / "run", "--no_download", "--batch_size", "64")
-    assert_one_line_error(result, "50 training records over 1 ranks", "--batch_size 64",
+    assert_one_line_error(result, "50 training records over 1 rank", "--batch_size 64",
                           status=1)
 
 

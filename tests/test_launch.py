@@ -1,12 +1,13 @@
 """The launchers with the real things: a real Slurm on localhost, horovodrun on this machine."""
 import os
 import re
+import signal
 import subprocess
 import time
 
 import pytest
 
-from helpers import REPO_ROOT, BIN, run, wait_for_step, weights_digests
+from helpers import BIN, REPO_ROOT, launched, run, wait_for_step, weights_digests
 
 
 TRAIN_FLAGS = ["--max_steps", "6", "--batch_size", "16", "--no_download", "--seed", "3"]
@@ -134,4 +135,34 @@ def test_sbatch_check_sh_reports_the_allocation(slurm, tiny_data, tmp_path):
     assert re.search(r"^mpi +PASS +MPI alone: all-reduce of 2 ranks exact", log, re.MULTILINE)
     assert re.search(r"^allreduce +PASS +sum and broadcast exact over 2 ranks \(MPI\)", log,
                      re.MULTILINE)
-    assert re.search(r"^verdict: (pass|warn) \(2 ranks on 1 host\(s\)\)$", log, re.MULTILINE)
+    assert re.search(r"^verdict: (pass|warn) \(2 ranks on 1 host\)$", log, re.MULTILINE)
+
+
+def processes_naming(text):
+    """The pids of the processes whose command line holds text."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+def test_local_sh_returns_only_after_its_job_has_stopped(tiny_data, tmp_path):
+    train_dir = tmp_path / "run"
+    command = [os.path.join(REPO_ROOT, "launch", "local.sh"), "-np", "2", "--data_dir",
+               str(tiny_data), "--train_dir", str(train_dir), "--max_steps", "100000",
+               "--batch_size", "16", "--no_download", "--log_frequency", "5"]
+    with launched(command) as job:
+        wait_for_step(train_dir, 10)
+        os.killpg(job.pid, signal.SIGINT)  # Ctrl-C at the terminal
+        # The script's own end, not its output's: the ranks hold the pipe open while they live.
+        job.wait(timeout=180)
+        left = processes_naming(str(train_dir))  # mpirun and the ranks name the train_dir
+    assert job.returncode != 0
+    assert left == []
+    assert re.search(r"stopped by SIG(INT|TERM) at step \d+|checkpoint of step \d+ written",
+                     (train_dir / "train.log").read_text())

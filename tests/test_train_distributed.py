@@ -52,7 +52,7 @@ def test_two_ranks_train_as_one_job_with_identical_weights_and_only_rank_0_write
          os.path.basename(glob.glob(str(train_dir / "events*"))[0])]
         + [f"ckpt-{s}.{ext}" for s in (5, 10, 12) for ext in ("index", "data-00000-of-00001")])
     # The global batch is 32 and the examples/sec count all ranks.
-    assert "global batch 32 (16 x 2 ranks x 1 passes), 6 steps an epoch" in output
+    assert "global batch 32 (16 x 2 ranks x 1 pass), 6 steps an epoch" in output
 
 
 @pytest.mark.parametrize("ranks, batch_size, lr, passes", [
@@ -184,7 +184,7 @@ def test_one_worker_alone_is_a_job_of_size_1(tiny_data, tmp_path):
     result = python_module("hvd_cifar.train", "--data_dir", tiny_data, "--train_dir",
                            tmp_path / "run", *TRAIN_ARGS, "--max_steps", 4)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "1 ranks (1 on this host)" in result.stdout
+    assert "1 rank (1 on this host)" in result.stdout
     assert "learning rate 0.1 (linear scaling: 0.1 x 1), warm-up 0 steps" in result.stdout
 
 

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from hvd_cifar.command import UserError, flag
+from hvd_cifar.command import UserError, count, flag
 from hvd_cifar.data.records import DEPTH, NUM_CLASSES, ORIGINAL_SIZE, read_records
 
 IMAGE_SIZE = 24            # Images are cropped to 24x24, centrally for eval, randomly for training.
@@ -105,7 +105,7 @@ def shard_sizes(num_records, batch_size, num_shards):
     records_per_shard = num_records // num_shards
     steps_per_epoch = records_per_shard // batch_size
     if steps_per_epoch == 0:
-        raise UserError(f"{num_records} training records over {num_shards} ranks leave "
+        raise UserError(f"{num_records} training records over {count(num_shards, 'rank')} leave "
                         f"{records_per_shard} a rank, fewer than --batch_size {batch_size}")
     return records_per_shard, steps_per_epoch
 
