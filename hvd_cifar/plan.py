@@ -122,8 +122,24 @@ def fastest(rows, target):
     """The row that reaches target soonest (by the geometric mean of its range), among rows
     whose images are known (measured or interpolated, not a bound); None when there is none."""
     known = [r for r in rows if r[target]["seconds"] and r[target]["how"] != "lower bound"]
-    return min(known, key=lambda r: math.sqrt(r[target]["seconds"][0] * r[target]["seconds"][1]),
-               default=None)
+    return min(known, key=lambda r: middle(r[target]), default=None)
+
+
+def recommendation(gpus, inputs, target="0.80"):
+    """The fastest known way to target with at most gpus GPUs: (GPUs to use, its row), or
+    None when no global batch within reach has been measured to reach it. Fewer GPUs can be
+    faster: they need a smaller global batch, and their all-reduce may stay within a node."""
+    counts = sorted({gpus} | {n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n < gpus})
+    best = None
+    for n in counts:
+        row = fastest(plan_rows(n, inputs), target)
+        if row and (best is None or middle(row[target]) < middle(best[1][target])):
+            best = (n, row)
+    return best
+
+
+def middle(entry):
+    return math.sqrt(entry["seconds"][0] * entry["seconds"][1])
 
 
 def seconds_text(entry):
@@ -165,6 +181,15 @@ def plan_table(gpus, inputs):
             f"batch {best['batch_per_gpu']} a GPU (global {best['global_batch']}), "
             f"{seconds_text(best[target])} s" if best else
             "unknown: no global batch it allows has reached it in the runs measured"))
+    best = recommendation(gpus, inputs)
+    if best:
+        used, row = best
+        lines.append(f"Recommendation with {gpus} GPU{'s' if gpus > 1 else ''}: " + (
+            f"use {used} of them" if used < gpus else "use them all" if gpus > 1 else "use it")
+            + f", batch {row['batch_per_gpu']} a GPU (global {row['global_batch']}): "
+            f"{seconds_text(row['0.80'])} s to 0.80"
+            + (" (more GPUs need a global batch not yet shown to reach 0.80, or an "
+               "all-reduce across nodes that costs more than it saves)" if used < gpus else ""))
     return "\n".join(lines)
 
 

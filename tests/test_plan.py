@@ -85,7 +85,17 @@ def test_the_planner_prints_a_recommendation_for_each_gpu_count(gpus):
     result = in_process(plan.main, "--gpus", gpus)
     assert result.returncode == 0, result.stderr
     assert f"Fastest to 0.80 on {gpus} GPUs: " in result.stdout
+    assert f"Recommendation with {gpus} GPUs: use " in result.stdout
     assert result.stdout.count("\n| ") == 6  # the heading and five per-GPU batches
+
+
+def test_the_recommendation_may_use_fewer_gpus_by_hand(inputs):
+    # 1 GPU: batch 100, 10,000 steps of 25-100 ms: 250-1,000 s (middle 500).
+    # 2 GPUs (one node): batch 50, global 100: 10,000 steps of 25-50 ms + 43 us: middle 354.
+    # 4 GPUs (two nodes, 12.4 ms all-reduce): batch 50, global 200, 10,000 steps: middle 483.
+    used, row = plan.recommendation(4, inputs)
+    assert (used, row["batch_per_gpu"], row["global_batch"]) == (2, 50, 100)
+    assert plan.recommendation(1, inputs)[1]["batch_per_gpu"] == 100
 
 
 def test_a_measured_rate_replaces_the_range(inputs):
