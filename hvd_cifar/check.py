@@ -320,14 +320,13 @@ def run_checks(config):
     import tensorflow as tf
     import horovod
     import horovod.tensorflow as hvd
-    from hvd_cifar.distributed import (barrier, controller_name, pin_devices,
-                                       set_launch_defaults, set_op_determinism, set_timeline,
-                                       start_horovod)
-    from hvd_cifar.replica import Replica, StepConfig
+    from hvd_cifar.distributed import (barrier, controller_name, determinism_words,
+                                       pin_devices, set_launch_defaults, set_op_determinism,
+                                       set_timeline, start_horovod)
+    from hvd_cifar.replica import Replica, StepConfig, xla_compiles
 
     set_launch_defaults()
     set_timeline(config.horovod_timeline, config.horovod_timeline_mark_cycles)
-    deterministic = set_op_determinism(config.deterministic)  # timed as training runs
     mpi = mpi_check()
     start_horovod()  # Horovod: uses the MPI that mpi4py started, if any
     rank, size, local_rank, local_size = hvd.rank(), hvd.size(), hvd.local_rank(), \
@@ -341,6 +340,8 @@ def run_checks(config):
         device = pin_devices(local_rank, local_size, config.threads_per_rank)
     except UserError as error:
         device = f"none ({error})"
+    # As training sets it, after the devices are pinned (the step is timed as it would run).
+    deterministic = set_op_determinism(config.deterministic, xla_compiles(config.xla))
     capability = None
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -425,6 +426,7 @@ def run_checks(config):
         "horovod_cuda": horovod_build_cuda(),
         "open_mpi": open_mpi_version(),
         "deterministic_ops": deterministic,
+        "determinism": determinism_words(xla_compiles(config.xla)),
     }
     allreduce = {"bytes": nbytes, "correct": all(f["correct"] for f in every_rank),
                  "seconds": round(seconds, 6),
@@ -507,10 +509,7 @@ def table(result):
                  f"{', NCCL' if versions['horovod_nccl'] else ', no NCCL'}"
                  f"{', CUDA ' + versions['horovod_cuda'] if versions.get('horovod_cuda') else ''}"
                  "), "
-                 f"{versions['open_mpi'] or 'no Open MPI'}; ops "
-                 + ("deterministic (--deterministic on: a resume is bit-identical)"
-                    if versions.get("deterministic_ops") else
-                    "not deterministic (--deterministic off)"))
+                 f"{versions['open_mpi'] or 'no Open MPI'}; {versions['determinism']}")
     lines.append(f"verdict: {result['verdict']} ({count(result['ranks'], 'rank')} on "
                  f"{count(len(result['hosts']), 'host')})")
     return "\n".join(lines)

@@ -201,10 +201,12 @@ def cpu_threads_per_rank(requested, cores, ranks_on_host):
 
 @dataclasses.dataclass
 class DeterminismFlags:
-    deterministic: str = flag("on", "TensorFlow's op determinism: a rerun, or a resumed run, "
+    deterministic: str = flag("auto", "TensorFlow's op determinism: a rerun, or a resumed run, "
                               "gives the same weights bit for bit, on GPUs too (cuDNN otherwise "
-                              "picks non-deterministic kernels); off may be faster on a GPU",
-                              choices=("on", "off"))
+                              "picks non-deterministic kernels). auto: on unless XLA compiles "
+                              "the step (--xla, on GPUs by default), which has no deterministic "
+                              "MaxPool gradient in TensorFlow 2.15; on: refused with XLA; off "
+                              "may be faster on a GPU", choices=("auto", "on", "off"))
 
 
 @dataclasses.dataclass

@@ -110,12 +110,28 @@ def pin_devices(local_rank, local_size, threads_per_rank=0):
     return f"CPU/{threads} threads"
 
 
-def set_op_determinism(setting):
-    """--deterministic on: TensorFlow's ops give the same results run after run (cuDNN's
-    convolution gradients and several reductions on GPUs otherwise vary). Whether it is on."""
-    if setting == "on":
+def set_op_determinism(setting, xla_compiles):
+    """--deterministic: TensorFlow's ops give the same results run after run (cuDNN's
+    convolution gradients and several reductions on GPUs otherwise vary). TensorFlow 2.15 has no
+    deterministic XLA MaxPool gradient, so auto leaves it off where XLA compiles the step, and on
+    is refused there. Whether it is on."""
+    if setting == "on" and xla_compiles:
+        raise UserError("--deterministic on cannot hold with XLA: TensorFlow 2.15 has no "
+                        "deterministic XLA MaxPool gradient; pass --xla off with it, or "
+                        "--deterministic auto")
+    if setting == "on" or (setting == "auto" and not xla_compiles):
         tf.config.experimental.enable_op_determinism()
     return op_determinism_enabled()
+
+
+def determinism_words(xla_compiles):
+    """How rank 0 says whether this process's ops are deterministic, and why not."""
+    if op_determinism_enabled():
+        return "deterministic ops (a resume is bit-identical)"
+    if xla_compiles:
+        return ("ops not deterministic: XLA compiles the step (--xla off for bit-identical "
+                "resumes)")
+    return "ops not deterministic (--deterministic off)"
 
 
 def op_determinism_enabled():

@@ -134,6 +134,12 @@ def optimizer_record(config):
 # ---------------------------------------------------------------------------------------------
 # Learning rate
 
+def xla_compiles(setting):
+    """Whether --xla (on, off, auto: on GPUs) compiles the step on this rank's devices."""
+    return {"on": True, "off": False,
+            "auto": bool(tf.config.list_logical_devices("GPU"))}[setting]
+
+
 def scaled_learning_rate(lr, workers, lr_scaling, max_lr):
     """(peak rate, a sentence saying how it was reached) for a global batch of `workers` times
     one worker's batch."""
@@ -251,8 +257,7 @@ class Replica:
                                    for v in self.model.trainable_variables]
         self.checkpoint = checkpoint_lib.layout(self.model, self.averaged_variables,
                                                 self.global_step, optimizer=self.optimizer)
-        jit_compile = {"on": True, "off": False,
-                       "auto": bool(tf.config.list_logical_devices("GPU"))}[config.xla]
+        jit_compile = xla_compiles(config.xla)
         # Horovod: XLA compiles the forward pass and loss (and so their gradient), never the
         # all-reduce: Horovod registers XLA kernels for GPU builds only, and on CPU a compiled
         # HorovodAllreduce fails ("No registered 'HorovodAllreduce' OpKernel for XLA_CPU_JIT").

@@ -26,14 +26,14 @@ from hvd_cifar.command import (DeterminismFlags, RankFailure, Stopped, TimelineF
 from hvd_cifar.data import download, records
 from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Watchdog,
                                    controller_name, barrier, fail_together, lost_peer_reason,
-                                   op_determinism_enabled,
-                                   pin_devices, set_launch_defaults, set_op_determinism,
-                                   set_timeline, start_horovod)
+                                   determinism_words, op_determinism_enabled, pin_devices,
+                                   set_launch_defaults, set_op_determinism, set_timeline,
+                                   start_horovod)
 from hvd_cifar import train_dir as train_dir_lib
 from hvd_cifar.output import RunOutput
 from hvd_cifar.rank_input import augmentation_place, ready_data_and_count_steps, rank_batches
 from hvd_cifar.replica import (Replica, StepConfig, check_loss, choose_optimizer, optimizer_record,
-                               weights_digest)
+                               weights_digest, xla_compiles)
 
 # Longer than anything a healthy rank waits for between two marks of the watchdog: a
 # checkpoint on a slow shared file system, the first step's tracing or XLA compilation, a long
@@ -87,7 +87,7 @@ def train(config):
     start_horovod()
     # Horovod: one GPU per rank, by its rank on this host.
     device = pin_devices(hvd.local_rank(), hvd.local_size(), config.threads_per_rank)
-    set_op_determinism(config.deterministic)
+    set_op_determinism(config.deterministic, xla_compiles(config.xla))
     # Python, NumPy and TensorFlow: Keras initializers without a seed draw one from Python.
     tf.keras.utils.set_random_seed(config.seed)
     trainer = Trainer(choose_optimizer(config, hvd.size(), config.elastic), device)  # Horovod:
@@ -152,9 +152,7 @@ class Trainer:
                f"{controller_name()} "
                f"controller{' (elastic)' if elastic_state is not None else ''}, devices: "
                + ", ".join(f"{r}={d}" for r, d in enumerate(devices))
-               + ("; deterministic ops (--deterministic on)"
-                  if op_determinism_enabled()
-                  else "; ops not deterministic (--deterministic off)"))
+               + f"; {determinism_words(xla_compiles(config.xla))}")
         global_batch = config.batch_size * size * config.backward_passes_per_step  # Horovod:
         record = {"ranks": size, "global_batch": global_batch, "lr_rule": replica.lr_rule,
                   "steps_per_epoch": replica.steps_per_epoch, **optimizer_record(config),
