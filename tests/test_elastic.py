@@ -30,7 +30,7 @@ def write_hosts(path, *hosts):
 
 def rank_counts(output):
     """The sizes the job ran at, in order (rank 0 prints one line per (re)start)."""
-    return [int(n) for n in re.findall(r"hvd_cifar: (\d+) ranks \(", output)]
+    return [int(n) for n in re.findall(r"hvd_cifar: (\d+) ranks? \(", output)]
 
 
 @contextlib.contextmanager
