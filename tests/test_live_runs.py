@@ -110,19 +110,18 @@ def test_fresh_on_a_live_nested_run_is_one_line_from_the_trainer(tiny_data, tmp_
 
 
 def read_until(job, text, timeout=300):
-    """The job's output up to the line holding text."""
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([job.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        line = job.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if text in line:
-            return "".join(seen)
-    raise AssertionError(f"{text!r} never came: {''.join(seen)[-3000:]}")
+    """The job's output up to and including the line holding text, read from its pipe with a
+    deadline (straight from the file descriptor: a buffered readline would hide lines from
+    select, and a plain one would wait for ever)."""
+    seen, deadline, descriptor = "", time.monotonic() + timeout, job.stdout.fileno()
+    while text not in seen:
+        left = deadline - time.monotonic()
+        ready = left > 0 and select.select([descriptor], [], [], left)[0]
+        chunk = os.read(descriptor, 1 << 16).decode(errors="replace") if ready else ""
+        if not chunk:
+            raise AssertionError(f"{text!r} never came: {seen[-3000:]}")
+        seen += chunk
+    return seen
 
 
 def alone(train_dir, *extra):
