@@ -21,9 +21,7 @@ from hvd_cifar.command import (UserError, flag, parse_command, positive_float, p
 
 INPUTS = os.path.join(os.path.dirname(__file__), "plan_inputs.json")
 TARGETS = ("0.80", "0.83")
-# The smallest global batch measured: smaller ones are taken to need as many images (a smaller
-# batch takes more, smaller steps, and needs no more images in the tutorial's recipe).
-BYTES_PER_GRADIENT_VALUE = 4
+BYTES_PER_GRADIENT_VALUE = 4  # float32 gradients
 
 
 def load_inputs(path=INPUTS):
@@ -70,6 +68,8 @@ def images_to(target, global_batch, measured):
     if global_batch in measured:
         return known(global_batch)
     if global_batch < batches[0]:
+        # Below the smallest batch measured, as many images (a smaller batch takes more,
+        # smaller steps, and needs no more images in the tutorial's recipe).
         images, how = known(batches[0])
         return images, (f"as batch {batches[0]}" if how == "measured" else how)
     if global_batch > batches[-1]:

@@ -158,10 +158,10 @@ class Trainer:
                   "steps_per_epoch": replica.steps_per_epoch, **optimizer_record(config),
                   "use_fp16": config.use_fp16, "augment_on": augmentation_place(config),
                   "synthetic": config.synthetic, "seed": config.seed,
-                  "data_fingerprint": (None if train_files is None
-                                       else records.fingerprint(train_files[0])),
                   "devices": devices, "deterministic": op_determinism_enabled()}
-        if self.is_chief:
+        if self.is_chief:  # only rank 0 writes the record: only it reads the files again
+            record["data_fingerprint"] = (None if train_files is None
+                                          else records.fingerprint(train_files[0]))
             record.update(train_dir_lib.provenance(config, hosts, {
                 "python": platform.python_version(), "tensorflow": tf.__version__,
                 "horovod": horovod.__version__, "numpy": np.__version__}))
