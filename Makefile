@@ -29,15 +29,17 @@ export OMPI_MCA_odls_base_sigkill_timeout ?= 10
 # TensorFlow's C++ start-up lines, from horovodrun too (it imports TensorFlow to check the build).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install train test test-fast data reproduce bench
+.PHONY: install train train-steps test test-fast data reproduce bench
 
 install: $(HVD_CIFAR_VENV)/.installed
 
 $(HVD_CIFAR_VENV)/.installed: launch/install.sh pyproject.toml
 	bash launch/install.sh
-	touch $@
+	@touch $@
 
 data: install
+	$(eval DATA_STARTED := $(shell date +%s))
+	@echo "make: phase 1 of 4, set-up: ready in $(call took,$(MAKE_STARTED)); phase 2 of 4: data"
 	@if [ -d "$(DATA_DIR)/cifar-10-batches-bin" ]; then \
 	  echo "make: using $(DATA_DIR)/cifar-10-batches-bin"; \
 	elif [ -f "$(DATA_DIR)/cifar-10-binary.tar.gz" ] || [ ! -f "$(JPEG_DATA)" ]; then \
@@ -47,10 +49,18 @@ data: install
 	  $(VENV_PYTHON) -m hvd_cifar.data convert "$(JPEG_DATA)" "$(DATA_DIR)"; \
 	fi
 
-train: data
-	launch/local.sh -np $(NP) --data_dir "$(DATA_DIR)" \
-	  --train_dir "$(TRAIN_DIR)" --max_steps $(STEPS) --log_frequency 20 $(TRAIN_FLAGS)
+# make train's phases, timed: each recipe is expanded when it starts, so $(eval X := $(shell
+# date +%s)) there records when that phase began; train-steps is the training phase alone.
+MAKE_STARTED := $(shell date +%s)
+took = $$(s=$$(( $$(date +%s) - $(1) )); [ $$s -ge 60 ] && echo "$$((s / 60)) min $$((s % 60)) s" || echo "$$s s")
+# A step of 2 ranks x 128 images on 2 CPU cores (this project's machines): the estimate's basis.
+CPU_MS_PER_STEP_2_CORES := 350
+
+train: train-steps
+	$(eval EVALUATION_STARTED := $(shell date +%s))
+	@echo "make: phase 4 of 4: evaluating the newest checkpoint"
 	$(VENV_PYTHON) -m hvd_cifar.evaluate --data_dir "$(DATA_DIR)" --checkpoint_dir "$(TRAIN_DIR)" --run_once
+	@echo "make: evaluation took $(call took,$(EVALUATION_STARTED)); all of make train $(call took,$(MAKE_STARTED))"
 	@echo "make: the run is in $(TRAIN_DIR) (checkpoints, train.log, eval.json). Next:"
 	@echo "  $(HVD_CIFAR_VENV)/bin/tensorboard --logdir '$(TRAIN_DIR)'        # the curves"
 	@echo "  make train STEPS=2000                                # train on from the checkpoint"
@@ -60,6 +70,14 @@ train: data
 test: install
 	bash tests/cluster/system_packages.sh
 	$(VENV_PYTHON) -m pytest -ra --durations=25 $(PYTEST_ARGS) tests
+
+train-steps: data
+	$(eval TRAINING_STARTED := $(shell date +%s))
+	@echo "make: data ready in $(call took,$(DATA_STARTED))"
+	@echo "make: phase 3 of 4: training $(STEPS) steps on $(NP) ranks; estimate: about $$(( $(STEPS) * $(CPU_MS_PER_STEP_2_CORES) * 2 / $$(nproc) / 1000 + 20 )) s on this host's $$(nproc) CPU cores (seconds on GPUs); each log line says the time left"
+	launch/local.sh -np $(NP) --data_dir "$(DATA_DIR)" \
+	  --train_dir "$(TRAIN_DIR)" --max_steps $(STEPS) --log_frequency 20 $(TRAIN_FLAGS)
+	@echo "make: training took $(call took,$(TRAINING_STARTED))"
 
 # No launcher, no training process, no root, no ../shared (tests/conftest.py marks the others).
 test-fast: install

@@ -15,6 +15,10 @@ into a temporary folder: the reader, the in-memory shard, the order and the dist
 ones training uses.
 `make bench` (tools/bench_suite.py) runs it beside its peers and writes bench/results.*.
 """
+if __name__ == "__main__":  # a command: TensorFlow's C++ lines begin at its import
+    from hvd_cifar.native_logs import quiet_native_logs
+    quiet_native_logs()
+
 import dataclasses
 import json
 import math

@@ -12,6 +12,10 @@ launched by mpirun or srun it also checks MPI alone (mpi4py). Rank 0 prints one 
 PASS / WARN / FAIL, then the verdict (--json: one JSON object, the last line). Exit status 0
 for pass or warn, 1 for fail.
 """
+if __name__ == "__main__":  # a command: TensorFlow's C++ lines begin at its import
+    from hvd_cifar.native_logs import quiet_native_logs
+    quiet_native_logs()
+
 import dataclasses
 import json
 import os

@@ -6,6 +6,10 @@
 Prints `<time>: precision @ 1 = 0.xxx` and writes T/eval.json and T/confusion_matrix.png.
 Without --run_once it waits for new checkpoints and evaluates each, as the tutorial's loop does.
 """
+if __name__ == "__main__":  # a command: TensorFlow's C++ lines begin at its import
+    from hvd_cifar.native_logs import quiet_native_logs
+    quiet_native_logs()
+
 import contextlib
 import dataclasses
 import datetime

@@ -8,6 +8,10 @@ The serving signature takes uint8 images [batch, 32, 32, 3] of any batch size an
 preprocessing (central crop, standardization) is inside. hvd_cifar.predict accepts DIR as its
 --checkpoint_dir.
 """
+if __name__ == "__main__":  # a command: TensorFlow's C++ lines begin at its import
+    from hvd_cifar.native_logs import quiet_native_logs
+    quiet_native_logs()
+
 import dataclasses
 import os
 

@@ -4,6 +4,10 @@ conv1 -> pool1 -> norm1 -> conv2 -> norm2 -> pool2 -> local3 -> local4 -> softma
 The model returns logits; the loss adds the weight decay of local3 and local4 (model.losses).
 Nothing here is distributed: train.py wraps it for Horovod.
 """
+if __name__ == "__main__":  # a command: TensorFlow's C++ lines begin at its import
+    from hvd_cifar.native_logs import quiet_native_logs
+    quiet_native_logs()
+
 import dataclasses
 
 import tensorflow as tf

@@ -10,6 +10,10 @@ target (measured at that global batch, interpolated between measured ones, or un
 step's compute and ring all-reduce time (no overlap: the pessimistic case), and the seconds of
 training, as a range between the high and the low per-GPU rate. Nothing here runs on a GPU.
 """
+if __name__ == "__main__":  # a command: TensorFlow's C++ lines begin at its import
+    from hvd_cifar.native_logs import quiet_native_logs
+    quiet_native_logs()
+
 import dataclasses
 import json
 import math

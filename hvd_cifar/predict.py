@@ -7,6 +7,10 @@ hvd_cifar.export; without it, the weights shipped in the package (hvd_cifar/weig
 PNG or JPEG is resized to 32x32 when needed, then preprocessed as the eval pipeline does
 (central 24x24 crop, standardization). Prints `IMAGE: label (probability)` a line.
 """
+if __name__ == "__main__":  # a command: TensorFlow's C++ lines begin at its import
+    from hvd_cifar.native_logs import quiet_native_logs
+    quiet_native_logs()
+
 import dataclasses
 import json
 import os

@@ -8,6 +8,10 @@ reads its own shard and averages gradients with the others through hvd.Distribut
 Rank 0 alone writes, through a RunOutput (output.py). Read from train() down: set up, then the
 Trainer's run: input, restore, loop, finish. Distributed lines are marked `# Horovod:`.
 """
+if __name__ == "__main__":  # a command: TensorFlow's C++ lines begin at its import
+    from hvd_cifar.native_logs import quiet_native_logs
+    quiet_native_logs()
+
 import dataclasses
 import os
 import platform

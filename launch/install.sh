@@ -293,10 +293,16 @@ find_nccl_beside_horovod() {
   done
 }
 
+horovod_parts() {  # the environment: what its Horovod was built with, e.g. "TensorFlow, Gloo, MPI"
+  grep -oE '\[X\] (TensorFlow|Gloo|MPI|NCCL)' "$1/share/hvd_cifar/horovod_check_build.txt" \
+    | cut -c5- | awk '!seen[$0]++' | paste -sd, - | sed 's/,/, /g'
+}
+
 check_build() {  # the environment's bin folder; the folder its Horovod wheel came from
   local bin=$1 report
-  report=$("$bin/horovodrun" --check-build) || die "horovodrun --check-build failed"
-  echo "$report"
+  report=$(TF_CPP_MIN_LOG_LEVEL=3 "$bin/horovodrun" --check-build) || die "horovodrun --check-build failed"
+  # The full report is kept, not shown: it lists frameworks this project does not build.
+  echo "$report" > "$(dirname "$bin")/share/hvd_cifar/horovod_check_build.txt"
   local part
   local parts=(TensorFlow Gloo MPI)
   [ "$(build_tag)" = nccl ] && parts+=(NCCL)
@@ -353,4 +359,5 @@ tf_extra=cpu
 say "installing hvd_cifar with the $tf_extra build of TensorFlow $TENSORFLOW_VERSION"
 quietly "$venv/bin/python" -m pip install -q -e "$repo_root[$tf_extra,test]"
 install_horovod "$venv/bin/python"
-say "done: $venv"
+# One line of what was built; the whole of Horovod's report is in the file it names.
+say "done: $venv: Python $(python_version "$venv/bin/python"), TensorFlow $TENSORFLOW_VERSION ($tf_extra), Horovod $HOROVOD_VERSION ($(build_tag) build, with $(horovod_parts "$venv")); Horovod's report: $venv/share/hvd_cifar/horovod_check_build.txt"

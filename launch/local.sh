@@ -31,8 +31,22 @@ echo "launch/local.sh: $ranks ranks on $(hostname) ($([ "$gpus" -gt 0 ] && echo 
 # first Ctrl-C (or SIGTERM/SIGHUP, as make and supervisors send) is passed on once as SIGTERM,
 # and rank 0 writes a checkpoint; later ones are not passed on, because mpirun ends its ranks at
 # once on a second signal within 5 s, however far their checkpoint has got.
+# The launcher tags every line with its rank (`[1,0]<stdout>:` from mpirun, `[0]<stdout>:` from
+# Gloo): rank 0's lines are shown bare, another rank's as `rank N: `, through two filters that
+# read from FIFOs, so stdout and stderr stay apart. Started before the job, SIGINT-ignoring (as
+# background commands of a script are), they end when the job's last process closes its output.
+untag() {
+  sed -u -E -e 's/^\[([0-9]+,)?0\]<std(out|err)>://' \
+    -e 's/^\[([0-9]+,)?([0-9]+)\]<std(out|err)>:/rank \2: /'
+}
+fifos=$(mktemp -d "${TMPDIR:-/tmp}/hvd_cifar_local.XXXXXX")
+mkfifo "$fifos/stdout" "$fifos/stderr"
+untag < "$fifos/stdout" &
+untag_stdout=$!
+untag < "$fifos/stderr" >&2 &
+untag_stderr=$!
 setsid "$bin/horovodrun" -np "$ranks" -H "localhost:$ranks" "--$controller" \
-  "$bin/python" -m hvd_cifar.train "$@" &
+  "$bin/python" -m hvd_cifar.train "$@" > "$fifos/stdout" 2> "$fifos/stderr" &
 job=$!
 stopping=0
 stop() {
@@ -63,4 +77,6 @@ done
 while job_alive; do
   sleep 0.5
 done
+wait "$untag_stdout" "$untag_stderr" 2>/dev/null || true
+rm -rf "$fifos"
 exit "$status"

@@ -1,4 +1,8 @@
 """python -m hvd_cifar.data download|convert: prepare CIFAR-10 in the binary layout."""
+if __name__ == "__main__":  # a command: TensorFlow's C++ lines begin at its import
+    from hvd_cifar.native_logs import quiet_native_logs
+    quiet_native_logs()
+
 import dataclasses
 
 from hvd_cifar.command import parse_subcommand, run_command
