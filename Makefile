@@ -88,8 +88,14 @@ test-fast: install
 # or its tar.gz, e.g. make reproduce DATA=../shared/data/cifar10-jpeg.tar.gz RANKS=2 STEPS=10000
 # STEPS given on the command line counts here too; its default (200) is make train's.
 REPRO_STEPS = $(if $(filter command line,$(origin STEPS)),$(STEPS),10000)
+# make reproduce FROM=runs/train/run.json [OUT=runs/rerun]: redo a recorded run (hvd_cifar.rerun)
+# and say whether it ends with the recorded weights.
 reproduce: install
+ifdef FROM
+	$(VENV_PYTHON) -m hvd_cifar.rerun "$(FROM)" --train_dir "$(or $(OUT),runs/rerun)"
+else
 	RANKS=$(or $(RANKS),2) STEPS=$(REPRO_STEPS) bash launch/reproduce.sh $(DATA)
+endif
 
 # Throughput against plain Keras, Gloo vs MPI and MultiWorkerMirroredStrategy on this machine:
 # bench/results.json, bench/results.md and bench/throughput.png (run it on an idle machine).

@@ -158,7 +158,8 @@ class Trainer:
                + ", ".join(f"{r}={d}" for r, d in enumerate(devices))
                + f"; {determinism_words(xla_compiles(config.xla))}")
         global_batch = config.batch_size * size * config.backward_passes_per_step  # Horovod:
-        record = {"ranks": size, "global_batch": global_batch, "lr_rule": replica.lr_rule,
+        record = {"ranks": size, "controller": controller_name(),  # Horovod: MPI or Gloo
+                  "global_batch": global_batch, "lr_rule": replica.lr_rule,
                   "steps_per_epoch": replica.steps_per_epoch, **optimizer_record(config),
                   "use_fp16": config.use_fp16, "augment_on": augmentation_place(config),
                   "synthetic": config.synthetic, "seed": config.seed,
@@ -168,7 +169,8 @@ class Trainer:
                                           else records.fingerprint(train_files[0]))
             record.update(train_dir_lib.provenance(config, hosts, {
                 "python": platform.python_version(), "tensorflow": tf.__version__,
-                "horovod": horovod.__version__, "numpy": np.__version__}))
+                "horovod": horovod.__version__, "numpy": np.__version__,
+                "mpi": train_dir_lib.mpi_version()}))
         # Horovod: rank 0 opens the log and says how the run is set up.
         fail_together(lambda: self.output.open(replica, job, record, step, restored)
                       if self.is_chief else None)

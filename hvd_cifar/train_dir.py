@@ -357,6 +357,17 @@ def provenance(config, hosts, versions):
             "started": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
+def mpi_version():
+    """The first line of `mpirun --version` ("mpirun (Open MPI) 4.1.4"), or None without one."""
+    try:
+        found = subprocess.run(["mpirun", "--version"], capture_output=True, text=True,
+                               timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = found.stdout.strip().splitlines()
+    return lines[0] if found.returncode == 0 and lines else None
+
+
 def write_run_record(train_dir, record):
     write_atomically(os.path.join(train_dir, RUN_RECORD_NAME),
                      lambda partial: _write_text(partial, json.dumps(record, indent=1)))

@@ -169,7 +169,9 @@ def wait_for_step(train_dir, step):
 
 def logged_steps(train_dir):
     log = train_dir / "train.log"
-    return [int(s) for s in re.findall(r"step (\d+), loss", log.read_text())] if log.exists() else []
+    if not log.exists():
+        return []
+    return [int(s) for s in re.findall(r"step (\d+), loss", log.read_text())]
 
 
 def trainer_pids(train_dir, environment_entry):

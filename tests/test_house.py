@@ -31,7 +31,6 @@ def imports_of(path):
             names.add(node.module)
             # `from hvd_cifar import plan` imports the module hvd_cifar.plan
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 

@@ -55,8 +55,8 @@ def test_local_sh_shows_rank_0_bare_and_another_rank_by_number():
         ["bash", "-c", f"source <(sed -n '/^untag()/,/^}}/p' {REPO_ROOT}/launch/local.sh); untag"],
         input=sample, capture_output=True, text=True, check=True)
     assert untag.stdout.splitlines() == [
-        "step 5", "rank 1: hvd_cifar: error: rank 1: gone", "gloo's rank 0", "rank 3: gloo's rank 3",
-        "rank 10: ten", "a line of the script"]
+        "step 5", "rank 1: hvd_cifar: error: rank 1: gone", "gloo's rank 0",
+        "rank 3: gloo's rank 3", "rank 10: ten", "a line of the script"]
 
 
 def test_a_run_through_local_sh_prints_no_native_line_nor_tag(tmp_path):
