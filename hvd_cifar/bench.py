@@ -209,8 +209,9 @@ def bench_inputs(config, scratch_dir):
 
 def bench_horovod(config, scratch_dir):
     import horovod.tensorflow as hvd
-    from hvd_cifar.distributed import (barrier, controller_name, pin_devices,
-                                       set_launch_defaults, start_horovod)
+    from hvd_cifar.collectives import barrier
+    from hvd_cifar.rank_setup import (controller_name, pin_devices, set_launch_defaults,
+                                      start_horovod)
     from hvd_cifar.replica import Replica, StepConfig
 
     # Horovod: the same start as train.py: init, then pin a GPU or a share of the cores.

@@ -324,9 +324,10 @@ def run_checks(config):
     import tensorflow as tf
     import horovod
     import horovod.tensorflow as hvd
-    from hvd_cifar.distributed import (barrier, controller_name, determinism_words,
-                                       pin_devices, set_launch_defaults, set_op_determinism,
-                                       set_timeline, start_horovod)
+    from hvd_cifar.collectives import barrier
+    from hvd_cifar.rank_setup import (controller_name, determinism_words, pin_devices,
+                                      set_launch_defaults, set_op_determinism, set_timeline,
+                                      start_horovod)
     from hvd_cifar.replica import Replica, StepConfig, xla_compiles
 
     set_launch_defaults()

@@ -56,7 +56,7 @@ class Stopped(Exception):
 
 
 # Whether this process says the errors of its job: every process, until a command that
-# starts a job of several processes says which one does (distributed.start_horovod).
+# starts a job of several processes says which one does (rank_setup.start_horovod).
 _says_errors = [lambda: True]
 
 
@@ -67,7 +67,7 @@ def say_errors_when(predicate):
 
 def says_errors():
     """False on the ranks other than 0 of a Horovod job: the ranks agree on a failure before
-    they part (see distributed.fail_together), so rank 0 says it once for all."""
+    they part (see collectives.fail_together), so rank 0 says it once for all."""
     return _says_errors[0]()
 
 

@@ -28,7 +28,9 @@ from hvd_cifar import checkpoint as checkpoint_lib
 from hvd_cifar.data import download, pipeline, records
 from hvd_cifar.command import (Stopped, UserError, batch_size_int, flag, parse_command,
                                positive_int, run_command, say)
-from hvd_cifar.distributed import StopRequest, fail_together, start_horovod
+from hvd_cifar.collectives import fail_together
+from hvd_cifar.rank_setup import start_horovod
+from hvd_cifar.supervision import StopRequest
 from hvd_cifar.files import write_atomically
 
 EVAL_BATCH_SIZE = 1000

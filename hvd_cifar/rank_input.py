@@ -3,7 +3,7 @@ batch, and the rank's own shard of batches from a given step on (a batch is a pu
 the step, so a resumed or resized run reads on where it was)."""
 from hvd_cifar.command import UserError
 from hvd_cifar.data import download, pipeline, records
-from hvd_cifar.distributed import fail_together
+from hvd_cifar.collectives import fail_together
 
 # Synthetic runs count epochs as CIFAR-10's training set, so their schedule matches a real run.
 SYNTHETIC_EXAMPLES_PER_EPOCH = 50_000

@@ -28,11 +28,12 @@ from hvd_cifar.command import (DeterminismFlags, RankFailure, Stopped, TimelineF
                                count, flag, non_negative_float, parse_command, positive_int,
                                run_command, seed_int)
 from hvd_cifar.data import download, records
-from hvd_cifar.distributed import (ElasticState, LauncherWatch, StopRequest, Watchdog,
-                                   controller_name, barrier, fail_together, lost_peer_reason,
-                                   determinism_words, op_determinism_enabled, pin_devices,
-                                   set_launch_defaults, set_op_determinism, set_timeline,
-                                   start_horovod)
+from hvd_cifar.collectives import barrier, fail_together, lost_peer_reason
+from hvd_cifar.elastic import ElasticState
+from hvd_cifar.rank_setup import (controller_name, determinism_words, op_determinism_enabled,
+                                  pin_devices, set_launch_defaults, set_op_determinism,
+                                  set_timeline, start_horovod)
+from hvd_cifar.supervision import LauncherWatch, StopRequest, Watchdog
 from hvd_cifar import train_dir as train_dir_lib
 from hvd_cifar.output import RunOutput
 from hvd_cifar.rank_input import augmentation_place, ready_data_and_count_steps, rank_batches

@@ -9,7 +9,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from hvd_cifar import distributed, replica as replica_lib
+from hvd_cifar import rank_setup, replica as replica_lib
 from hvd_cifar.command import UserError
 from helpers import ENV, REPO_ROOT, python_module, scalars, tensorflow_gpu_count
 
@@ -37,7 +37,7 @@ def fake_gpus(monkeypatch):
 
 @pytest.mark.parametrize("local_rank", [0, 3])
 def test_each_rank_sees_only_the_gpu_of_its_local_rank_with_memory_growth(fake_gpus, local_rank):
-    assert distributed.pin_devices(local_rank, 4) == f"GPU:{local_rank}"
+    assert rank_setup.pin_devices(local_rank, 4) == f"GPU:{local_rank}"
     assert fake_gpus["visible"] == [(f"/physical_device:GPU:{local_rank}", "GPU")]
     assert fake_gpus["growth"] == [(f"/physical_device:GPU:{i}", True) for i in range(4)]
     assert fake_gpus["threads"] == []
@@ -46,7 +46,7 @@ def test_each_rank_sees_only_the_gpu_of_its_local_rank_with_memory_growth(fake_g
 def test_more_ranks_than_gpus_is_a_clear_error(fake_gpus):
     with pytest.raises(UserError, match="local rank 5 has no GPU: this host shows 4 GPUs but "
                        "runs 6 ranks"):
-        distributed.pin_devices(5, 6)
+        rank_setup.pin_devices(5, 6)
 
 
 YIELD = "OMPI_MCA_mpi_yield_when_idle"
@@ -64,24 +64,24 @@ def test_cpu_ranks_make_open_mpi_yield_unless_told_otherwise(monkeypatch):
     if tensorflow_gpu_count():
         pytest.skip("TensorFlow sees a GPU here: ranks are GPU ranks")
     unset_for_this_test(monkeypatch, YIELD, "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS")
-    distributed.set_launch_defaults()
+    rank_setup.set_launch_defaults()
     assert os.environ[YIELD] == "1"
     monkeypatch.setenv(YIELD, "0")  # the user's choice wins
-    distributed.set_launch_defaults()
+    rank_setup.set_launch_defaults()
     assert os.environ[YIELD] == "0"
 
 
 def test_gpu_ranks_keep_open_mpi_polling(fake_gpus, monkeypatch):
     unset_for_this_test(monkeypatch, YIELD, "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS")
-    distributed.set_launch_defaults()
+    rank_setup.set_launch_defaults()
     assert YIELD not in os.environ
-    assert os.environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == distributed.STALL_SHUTDOWN_SECONDS
+    assert os.environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == rank_setup.STALL_SHUTDOWN_SECONDS
 
 
 @pytest.mark.parametrize("local_size, cores, threads", [(1, 2, 2), (2, 2, 1), (4, 16, 4),
                                                          (3, 2, 1)])
 def test_cpu_ranks_on_one_host_split_its_cores(local_size, cores, threads):
-    assert distributed.plan_devices([], 0, local_size, cores) == (None, threads)
+    assert rank_setup.plan_devices([], 0, local_size, cores) == (None, threads)
 
 
 def config(**overrides):
@@ -290,6 +290,6 @@ def test_a_stall_shutdown_below_horovods_warning_time_is_refused(shutdown, check
     if refused:
         with pytest.raises(UserError, match=f"HOROVOD_STALL_SHUTDOWN_TIME_SECONDS={shutdown} is "
                            "below HOROVOD_STALL_CHECK_TIME_SECONDS"):
-            distributed.check_stall_times(environment)
+            rank_setup.check_stall_times(environment)
     else:
-        distributed.check_stall_times(environment)
+        rank_setup.check_stall_times(environment)
