@@ -28,10 +28,19 @@ import sys
 import tempfile
 import time
 
+import urllib.request
+
 import numpy as np
+import tensorflow as tf
+import horovod
+import horovod.tensorflow as hvd
 
 from hvd_cifar import model as model_lib
+from hvd_cifar.collectives import barrier
 from hvd_cifar.data import download, pipeline, records
+from hvd_cifar.rank_setup import (controller_name, determinism_words, pin_devices,
+                                  set_launch_defaults, set_op_determinism, set_timeline,
+                                  start_horovod, xla_compiles)
 from hvd_cifar.command import (DeterminismFlags, DeviceFlags, TimelineFlags, UserError,
                                batch_size_int, count, first_line, flag, parse_command,
                                positive_float, positive_int, run_command, say)
@@ -314,112 +323,114 @@ def mpi_check():
     if total != size * (size + 1) // 2:
         return "FAIL", f"MPI's all-reduce summed {total}, expected {size * (size + 1) // 2}"
     return "PASS", (f"MPI alone: all-reduce of {size} ranks exact on "
-                    f"{len(set(hosts))} hosts ({', '.join(sorted(set(hosts)))})")
+                    f"{count(len(set(hosts)), 'host')} ({', '.join(sorted(set(hosts)))})")
 
 
 # ---------------------------------------------------------------------------------------------
 # The checks that need every rank
 
-def run_checks(config):
-    import tensorflow as tf
-    import horovod
-    import horovod.tensorflow as hvd
-    from hvd_cifar.collectives import barrier
-    from hvd_cifar.rank_setup import (controller_name, determinism_words, pin_devices,
-                                      set_launch_defaults, set_op_determinism, set_timeline,
-                                      start_horovod)
-    from hvd_cifar.replica import Replica, StepConfig, xla_compiles
-
+def start_like_training(config):
+    """Start this process as training does (launch defaults, timeline, Horovod, one device,
+    deterministic ops); the facts of its place in the job. A device that cannot be pinned is
+    reported, not raised: the report says which rank it was."""
     set_launch_defaults()
     set_timeline(config.horovod_timeline, config.horovod_timeline_mark_cycles)
     mpi = mpi_check()
     start_horovod()  # Horovod: uses the MPI that mpi4py started, if any
-    rank, size, local_rank, local_size = hvd.rank(), hvd.size(), hvd.local_rank(), \
-        hvd.local_size()
-    host = socket.gethostname()
+    facts = {"rank": hvd.rank(), "size": hvd.size(), "local_rank": hvd.local_rank(),
+             "local_size": hvd.local_size(), "host": socket.gethostname(), "mpi": mpi}
+    try:
+        facts["device"] = pin_devices(facts["local_rank"], facts["local_size"],
+                                      config.threads_per_rank)
+    except UserError as error:
+        facts["device"] = f"none ({error})"
+    # After the devices are pinned, as training sets it: the step is timed as it would run.
+    facts["deterministic"] = set_op_determinism(config.deterministic, xla_compiles(config.xla))
+    return facts
+
+
+def gpu_facts(config, rank):
+    """This rank's GPUs as TensorFlow and nvidia-smi see them, their verdict and capability."""
     tf_gpus = [gpu.name for gpu in tf.config.list_physical_devices("GPU")]
     smi = nvidia_smi_gpus()
-    gpu_status = gpu_verdict(host, rank, local_rank, local_size, smi, tf_gpus,
-                             os.environ.get("CUDA_VISIBLE_DEVICES"), config.require_gpu)
-    try:
-        device = pin_devices(local_rank, local_size, config.threads_per_rank)
-    except UserError as error:
-        device = f"none ({error})"
-    # As training sets it, after the devices are pinned (the step is timed as it would run).
-    deterministic = set_op_determinism(config.deterministic, xla_compiles(config.xla))
-    capability = None
+    status = gpu_verdict(rank["host"], rank["rank"], rank["local_rank"], rank["local_size"], smi,
+                         tf_gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), config.require_gpu)
     gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+    capability = (tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+                  if gpus else None)
+    driver = driver_verdict(rank["host"], rank["rank"], smi, horovod_build_cuda())
+    return {"gpu": status, "tf_gpus": len(tf_gpus), "capability": capability, "driver": driver}
 
-    # XLA compiling a small function (the replica's --xla compiles the forward pass).
+
+def xla_verdict(rank, host):
+    """(status, detail): XLA compiles and runs a small function (--xla compiles the forward
+    pass and loss the same way)."""
     try:
         compiled = tf.function(lambda x: tf.reduce_sum(tf.nn.relu(x) * 2.0), jit_compile=True)
-        xla = ("PASS", "XLA compiled and ran a test function") if float(
-            compiled(tf.ones([4, 4]))) == 32.0 else ("FAIL", "XLA computed a wrong value")
+        if float(compiled(tf.ones([4, 4]))) == 32.0:
+            return "PASS", "XLA compiled and ran a test function"
+        return "FAIL", "XLA computed a wrong value"
     except Exception as error:  # XLA reports failures as many exception types
-        xla = ("FAIL", f"XLA on rank {rank} on {host}: {first_line(error)[:200]}")
+        return "FAIL", f"XLA on rank {rank} on {host}: {first_line(error)[:200]}"
 
-    # The all-reduce and broadcast, checked exactly: small integers are exact in float32.
+
+def collectives_exact(rank, size):
+    """Whether an all-reduce and a broadcast came back exact (small integers are exact in
+    float32)."""
     known = np.arange(1000, dtype=np.float32) * (rank + 1)
     summed = hvd.allreduce(tf.constant(known), op=hvd.Sum, name="check_sum").numpy()
     expected = np.arange(1000, dtype=np.float32) * (size * (size + 1) // 2)
     broadcast = hvd.broadcast(tf.constant(np.arange(100, dtype=np.float32) + 42 + rank),
                               root_rank=0, name="check_broadcast").numpy()
-    correct = bool(np.array_equal(summed, expected)) and bool(
+    return bool(np.array_equal(summed, expected)) and bool(
         np.array_equal(broadcast, np.arange(100, dtype=np.float32) + 42))
 
-    # The bandwidth of one step's gradients, reported as nccl-tests does.
+
+def allreduce_bandwidth(repeats, size):
+    """One step's gradients all-reduced, timed, reported as nccl-tests does."""
     gradients = tf.ones([model_lib.NUM_PARAMETERS], tf.float32)
     nbytes = model_lib.NUM_PARAMETERS * 4
     for _ in range(3):
         hvd.allreduce(gradients, op=hvd.Sum, name="check_bandwidth").numpy()
     barrier("check_barrier")
     start = time.perf_counter()
-    for _ in range(config.allreduce_repeats):
+    for _ in range(repeats):
         reduced = hvd.allreduce(gradients, op=hvd.Sum, name="check_bandwidth")
     reduced.numpy()
-    seconds = (time.perf_counter() - start) / config.allreduce_repeats
+    seconds = (time.perf_counter() - start) / repeats
     algbw = nbytes / seconds / 1e9
-    busbw = algbw * 2 * (size - 1) / size
+    return {"bytes": nbytes, "seconds": round(seconds, 6), "algbw_gbps": round(algbw, 3),
+            "busbw_gbps": round(algbw * 2 * (size - 1) / size, 3),
+            "controller": controller_name()}
 
-    # This rank's own training step (forward and backward, no all-reduce), so a slow rank is
-    # seen as itself rather than through the others waiting for it.
-    replica = Replica(StepConfig(batch_size=config.batch_size, lr_scaling="none",
-                                 xla=config.xla), 1, 1)
+
+def step_images_per_sec(config, rank):
+    """This rank's forward and backward pass alone (the model and its loss, no optimizer, no
+    all-reduce), so a slow rank shows as itself rather than through the others waiting."""
+    model = model_lib.inference()
     images = tf.random.normal([config.batch_size, pipeline.IMAGE_SIZE, pipeline.IMAGE_SIZE, 3],
                               seed=rank)
     labels = tf.random.uniform([config.batch_size], 0, 10, tf.int32, seed=rank)
+    loss_of = tf.function(lambda: model_lib.loss(model, model(images, training=True), labels),
+                          jit_compile=xla_compiles(config.xla))
 
     @tf.function
-    def local_step():
+    def forward_and_backward():
         with tf.GradientTape() as tape:
-            loss, _ = replica.loss_and_logits(images, labels)
-        return tape.gradient(loss, replica.model.trainable_variables)[0]
+            loss = loss_of()
+        return tape.gradient(loss, model.trainable_variables)[0]
 
-    local_step()
+    forward_and_backward()
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < config.step_seconds or steps < 3:
-        local_step().numpy()
+        forward_and_backward().numpy()
         steps += 1
-    images_per_sec = steps * config.batch_size / (time.perf_counter() - start)
-    data = data_verdict(config)  # reads every record file: once
-    augment_on = pipeline.augmentation_place(config.augment_on)
-    input_rate = input_images_per_sec(config, rank, size, augment_on, data[0] == "PASS",
-                                      config.step_seconds)
+    return steps * config.batch_size / (time.perf_counter() - start)
 
-    facts = {"rank": rank, "host": host, "device": device, "images_per_sec":
-             round(images_per_sec, 1), "gpu": gpu_status, "capability": capability,
-             "driver": driver_verdict(host, rank, smi, horovod_build_cuda()),
-             "xla": xla, "correct": correct, "data": data,
-             "mpi": mpi, "tf_gpus": len(tf_gpus), "augment_on": augment_on,
-             "input_images_per_sec": round(input_rate, 1), "cores": len(os.sched_getaffinity(0)),
-             "local_size": local_size}
-    every_rank = hvd.allgather_object(facts)  # Horovod: rank 0 reports for all
-    if rank != 0:
-        return None, every_rank
+
+def version_facts(config, deterministic):
     build = tf.sysconfig.get_build_info()
-    versions = {
+    return {
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "tensorflow_cuda": build.get("cuda_version"),
@@ -433,11 +444,28 @@ def run_checks(config):
         "deterministic_ops": deterministic,
         "determinism": determinism_words(xla_compiles(config.xla)),
     }
-    allreduce = {"bytes": nbytes, "correct": all(f["correct"] for f in every_rank),
-                 "seconds": round(seconds, 6),
-                 "algbw_gbps": round(algbw, 3), "busbw_gbps": round(busbw, 3),
-                 "controller": controller_name()}
-    return report(config, every_rank, allreduce, versions), every_rank
+
+
+def run_checks(config):
+    """Every rank's checks; rank 0 gets the report of all, the other ranks None."""
+    rank = start_like_training(config)
+    facts = {key: rank[key] for key in ("rank", "host", "device", "mpi", "local_size")}
+    facts.update(gpu_facts(config, rank))
+    facts["xla"] = xla_verdict(rank["rank"], rank["host"])
+    facts["correct"] = collectives_exact(rank["rank"], rank["size"])
+    allreduce = allreduce_bandwidth(config.allreduce_repeats, rank["size"])
+    facts["images_per_sec"] = round(step_images_per_sec(config, rank["rank"]), 1)
+    facts["data"] = data_verdict(config)  # reads every record file: once
+    facts["augment_on"] = pipeline.augmentation_place(config.augment_on)
+    facts["input_images_per_sec"] = round(input_images_per_sec(
+        config, rank["rank"], rank["size"], facts["augment_on"], facts["data"][0] == "PASS",
+        config.step_seconds), 1)
+    facts["cores"] = len(os.sched_getaffinity(0))
+    every_rank = hvd.allgather_object(facts)  # Horovod: rank 0 reports for all
+    if rank["rank"] != 0:
+        return None
+    allreduce["correct"] = all(f["correct"] for f in every_rank)
+    return report(config, every_rank, allreduce, version_facts(config, rank["deterministic"]))
 
 
 def report(config, every_rank, allreduce, versions):
@@ -523,10 +551,6 @@ def table(result):
 def host_report(data_dir, data_url):
     """One line of key=value pairs describing this host: what must match on every host of a
     job, and what it has."""
-    import urllib.request
-    import tensorflow as tf
-    import horovod
-    import horovod.tensorflow as hvd
     build = "".join(name for name, built in (("T", True), ("G", hvd.gloo_built()),
                     ("M", hvd.mpi_built()), ("N", hvd.nccl_built())) if built)
     has_data = (os.path.isdir(os.path.join(data_dir, records.BATCHES_DIR)) or
@@ -549,13 +573,12 @@ def check(config):
     if config.host_report:
         say(host_report(config.data_dir, config.data_url))
         return
-    result, every_rank = run_checks(config)
+    result = run_checks(config)
     if result is not None:
         say(json.dumps(result) if config.json else table(result))
         failed = result["verdict"] == "fail"
     else:
         failed = False
-    import horovod.tensorflow as hvd
     # Horovod: every rank leaves with the verdict's status.
     failed = bool(hvd.broadcast_object(failed, root_rank=0))
     if failed:

@@ -28,22 +28,21 @@ def fail_together(action):
     return result
 
 
-# What a collective raises in a rank whose peers stopped answering or died (Gloo's timeout, a
-# closed connection, Horovod shutting down after another rank failed).
-LOST_PEER_MARKERS = ("Horovod", "Gloo", "gloo", "Connection", "connection")
+# What a collective raises in a rank whose peers are gone, as Horovod 0.28 words it (strings of
+# its library): Horovod shut down after another rank failed or finished, or Gloo's TCP transport
+# found a connection closed, reset or silent (its messages carry the transport's source file).
+LOST_PEER_MESSAGE = re.compile(
+    r"Horovod has been shut down"
+    r"|gloo/transport/tcp/\w+\.cc:\d+\] (Connection closed by peer|Socket closed|Read error"
+    r"|Timed out waiting)[^\n]*")
 
 
 def lost_peer_reason(error):
     """Horovod's or Gloo's reason in a collective's error when the other ranks are gone, in a
-    few words; None when error is something else."""
-    text = str(error)
-    if not any(marker in text for marker in LOST_PEER_MARKERS):
+    few words; None when error is something else (a tf.data connection reset included)."""
+    found = LOST_PEER_MESSAGE.search(str(error))
+    if found is None:
         return None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # The reason is a line of Horovod's or Gloo's, not one of TensorFlow's node trace.
-    reasons = [line for line in lines if any(m in line for m in LOST_PEER_MARKERS)
-               and "node" not in line and not line.startswith("File ")]
-    # TensorFlow appends the failing node's name in [[...]]: not the user's business.
-    reason = (re.sub(r"\s*\[\[.*", "", reasons[-1]).split(". ")[0] if reasons
-              else "a collective failed")
-    return reason[:200]
+    # Gloo's source file is not the user's business, nor TensorFlow's node name in [[...]].
+    reason = re.sub(r"^.*\.cc:\d+\] ", "", found.group(0))
+    return re.sub(r"\s*\[\[.*", "", reason).strip()[:200]

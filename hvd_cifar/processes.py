@@ -62,5 +62,3 @@ def boot_id():
     except OSError:
         return None
 
-
-# The largest process id Linux hands out (pid_max can be at most 2^22).

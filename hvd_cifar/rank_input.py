@@ -23,7 +23,7 @@ def ready_data_and_count_steps(config, size, local_rank):
             download.ensure_batches_dir(config.data_dir, config.data_url, config.data_sha256,
                                         fetch=not config.no_download)
 
-    fail_together(fetch)  # Horovod:
+    fail_together(fetch)  # Horovod: a host that cannot get the data stops every rank
 
     def count():
         batches_dir = download.ensure_batches_dir(config.data_dir, fetch=False)
@@ -32,7 +32,8 @@ def ready_data_and_count_steps(config, size, local_rank):
         steps = pipeline.shard_sizes(num_records, config.batch_size, size)[1] // passes
         return (paths, num_records), steps
 
-    train_files, steps_per_epoch = fail_together(count)  # Horovod:
+    # Horovod: a rank whose files are damaged or unreadable stops every rank.
+    train_files, steps_per_epoch = fail_together(count)
     if steps_per_epoch == 0:
         raise UserError(f"--backward_passes_per_step {passes} is more than the batches in one "
                         "epoch of a rank's shard")

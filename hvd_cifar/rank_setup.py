@@ -99,6 +99,12 @@ def pin_devices(local_rank, local_size, threads_per_rank=0):
     return f"CPU/{threads} threads"
 
 
+def xla_compiles(setting):
+    """Whether --xla (on, off, auto: on GPUs) compiles the step on this rank's devices."""
+    return {"on": True, "off": False,
+            "auto": bool(tf.config.list_logical_devices("GPU"))}[setting]
+
+
 def set_op_determinism(setting, xla_compiles):
     """--deterministic: TensorFlow's ops give the same results run after run (cuDNN's
     convolution gradients and several reductions on GPUs otherwise vary). TensorFlow 2.15 has no

@@ -15,6 +15,7 @@ from hvd_cifar import checkpoint as checkpoint_lib, model as model_lib
 from hvd_cifar.command import (AllreduceFlags, DeviceFlags, UserError, batch_size_int, flag,
                                non_negative_float, positive_float, positive_int)
 from hvd_cifar.data import pipeline
+from hvd_cifar.rank_setup import xla_compiles
 
 # The tutorial's cifar10.py constants describing the training process.
 INITIAL_LEARNING_RATE = 0.1        # Initial learning rate (per worker, before scaling).
@@ -133,12 +134,6 @@ def optimizer_record(config):
 
 # ---------------------------------------------------------------------------------------------
 # Learning rate
-
-def xla_compiles(setting):
-    """Whether --xla (on, off, auto: on GPUs) compiles the step on this rank's devices."""
-    return {"on": True, "off": False,
-            "auto": bool(tf.config.list_logical_devices("GPU"))}[setting]
-
 
 def scaled_learning_rate(lr, workers, lr_scaling, max_lr):
     """(peak rate, a sentence saying how it was reached) for a global batch of `workers` times

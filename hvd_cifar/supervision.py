@@ -74,7 +74,7 @@ def make_pid():
 MAKE_FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class LauncherWatch:
+class LauncherAndMakeWatch:
     """Turns the end of this rank's horovodrun into a stop request (SIGTERM), so signalling the
     launcher stops the whole job through the usual path: checkpoint, then exit 128 + 15.
 
@@ -91,8 +91,11 @@ class LauncherWatch:
         self.start_time = process_start_time(self.pid) if self.pid else None
         self.make = make_pid()
         self.make_caught = caught_signals(self.make) if self.make else None
+        self.thread = None  # nothing to watch: run by hand, without a launcher or make
         if self.pid is not None or self.make_caught is not None:
-            threading.Thread(target=self._watch, daemon=True, name="launcher watch").start()
+            self.thread = threading.Thread(target=self._watch, daemon=True,
+                                           name="launcher and make watch")
+            self.thread.start()
 
     def _make_signal(self):
         caught = caught_signals(self.make)

@@ -32,13 +32,13 @@ from hvd_cifar.collectives import barrier, fail_together, lost_peer_reason
 from hvd_cifar.elastic import ElasticState
 from hvd_cifar.rank_setup import (controller_name, determinism_words, op_determinism_enabled,
                                   pin_devices, set_launch_defaults, set_op_determinism,
-                                  set_timeline, start_horovod)
-from hvd_cifar.supervision import LauncherWatch, StopRequest, Watchdog
+                                  set_timeline, start_horovod, xla_compiles)
+from hvd_cifar.supervision import LauncherAndMakeWatch, StopRequest, Watchdog
 from hvd_cifar import train_dir as train_dir_lib
 from hvd_cifar.output import RunOutput
 from hvd_cifar.rank_input import augmentation_place, ready_data_and_count_steps, rank_batches
 from hvd_cifar.replica import (Replica, StepConfig, check_loss, choose_optimizer, optimizer_record,
-                               weights_digest, xla_compiles)
+                               weights_digest)
 
 # Longer than anything a healthy rank waits for between two marks of the watchdog: a
 # checkpoint on a slow shared file system, the first step's tracing or XLA compilation, a long
@@ -95,7 +95,8 @@ def train(config):
     set_op_determinism(config.deterministic, xla_compiles(config.xla))
     # Python, NumPy and TensorFlow: Keras initializers without a seed draw one from Python.
     tf.keras.utils.set_random_seed(config.seed)
-    trainer = Trainer(choose_optimizer(config, hvd.size(), config.elastic), device)  # Horovod:
+    # Horovod: the rate and the optimizer follow the number of workers.
+    trainer = Trainer(choose_optimizer(config, hvd.size(), config.elastic), device)
     try:
         if config.elastic:
             # Horovod: an elastic job keeps its state in host memory, committed every
@@ -117,7 +118,7 @@ class Trainer:
         self.output = RunOutput(config)  # used by rank 0 alone
         self.stop_request = StopRequest()
         # Horovod: signalling horovodrun itself stops every rank, like signalling the ranks.
-        LauncherWatch(self.stop_request)
+        self.launcher_watch = LauncherAndMakeWatch(self.stop_request)
         self.watchdog = Watchdog(config.hang_timeout_secs, hvd.rank(), socket.gethostname())
         self.watchdog.on_hang = self.output.release
         # saved_on_request: the step rank 0 wrote when a stop was requested.
@@ -125,7 +126,7 @@ class Trainer:
 
     def run(self, elastic_state=None):
         config, replica = self.config, self.replica
-        rank, size = hvd.rank(), hvd.size()  # Horovod:
+        rank, size = hvd.rank(), hvd.size()  # Horovod: this process's place in the job
         self.is_chief = rank == 0  # Horovod: rank 0 alone writes, through self.output.
         # Horovod: a job of one process stops on a signal at once; a second Ctrl-C ends it.
         self.alone = size == 1 and elastic_state is None
@@ -153,12 +154,14 @@ class Trainer:
         # line and record it.
         devices = hvd.allgather_object(self.device)
         hosts = hvd.allgather_object(socket.gethostname())
-        job = (f"{count(size, 'rank')} ({hvd.local_size()} on this host), "  # Horovod:
+        # Horovod: the job's shape, for rank 0's first line.
+        job = (f"{count(size, 'rank')} ({hvd.local_size()} on this host), "
                f"{controller_name()} "
                f"controller{' (elastic)' if elastic_state is not None else ''}, devices: "
                + ", ".join(f"{r}={d}" for r, d in enumerate(devices))
                + f"; {determinism_words(xla_compiles(config.xla))}")
-        global_batch = config.batch_size * size * config.backward_passes_per_step  # Horovod:
+        # Horovod: one update averages the passes of every rank.
+        global_batch = config.batch_size * size * config.backward_passes_per_step
         record = {"ranks": size, "controller": controller_name(),  # Horovod: MPI or Gloo
                   "global_batch": global_batch, "lr_rule": replica.lr_rule,
                   "steps_per_epoch": replica.steps_per_epoch, **optimizer_record(config),
@@ -294,7 +297,7 @@ class Trainer:
         # (Every rank knows last_checkpoint_step, so all or none take part in the broadcast.)
         if self.last_checkpoint_step != step:
             saved = self.saved_on_request if (self.saved_on_request or 0) > 0 else step
-            step = int(hvd.broadcast_object(saved, root_rank=0))  # Horovod:
+            step = int(hvd.broadcast_object(saved, root_rank=0))  # Horovod: rank 0's step
         self.save_checkpoint(step)
         # Horovod: nobody exits before rank 0's checkpoint is complete, since the launcher
         # kills the remaining ranks as soon as one has exited.

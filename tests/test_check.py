@@ -3,6 +3,7 @@ horovodrun with MPI and Gloo, across the two namespace hosts; the GPU verdicts w
 device lists."""
 import json
 import os
+import re
 import socket
 import sys
 
@@ -260,11 +261,18 @@ def test_make_train_is_a_clean_first_run(tiny_data, tmp_path):
                   f"TRAIN_DIR={tmp_path / 'run'}", "STEPS=4", "TRAIN_FLAGS=--batch_size 16"])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     output = result.stdout + result.stderr
-    # Every line of a rank arrives whole: one tag at its start, none glued on at its end.
-    tagged = [line for line in output.splitlines() if "<stdout>:" in line]
-    assert tagged and all(line.count("<stdout>:") == 1 for line in tagged), tagged
+    # Rank 0's lines arrive whole and without the launcher's tag.
+    assert [line for line in output.splitlines() if "<stdout>:" in line] == []
+    assert re.search(r"^hvd_cifar: finished at step 4; weights sha256 by rank: "
+                     r"0=[0-9a-f]{16} 1=[0-9a-f]{16}$", result.stdout, re.MULTILINE)
     # TensorFlow's C++ start-up lines stay out, the launcher's included.
     assert "oneDNN" not in output and "cpu_feature_guard" not in output
+    # The phases, each timed, and the estimate before training.
+    assert re.search(r"^make: phase 3 of 4: training 4 steps on 2 ranks; estimate: about \d+ s",
+                     result.stdout, re.MULTILINE)
+    assert re.search(r"^make: training took \d+ s$", result.stdout, re.MULTILINE)
+    assert re.search(r"^make: evaluation took \d+ s; all of make train ", result.stdout,
+                     re.MULTILINE)
     lines = result.stdout.splitlines()
     assert f"make: the run is in {tmp_path / 'run'}" in lines[-5]
     assert "tensorboard --logdir" in lines[-4] and "hvd_cifar.predict" in lines[-2]

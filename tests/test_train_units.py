@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from hvd_cifar import rank_setup, replica as replica_lib
+from hvd_cifar.collectives import lost_peer_reason
 from hvd_cifar.command import UserError
 from helpers import ENV, REPO_ROOT, python_module, scalars, tensorflow_gpu_count
 
@@ -293,3 +294,32 @@ def test_a_stall_shutdown_below_horovods_warning_time_is_refused(shutdown, check
             rank_setup.check_stall_times(environment)
     else:
         rank_setup.check_stall_times(environment)
+
+
+# Messages as Horovod 0.28 and its Gloo put them in a collective's error (their library's
+# strings), and look-alikes that are not a lost peer.
+HOROVOD_SHUT_DOWN = ("Horovod has been shut down. This was caused by an exception on one of the "
+                     "ranks or an attempt to allreduce, allgather or broadcast a tensor after one "
+                     "of the ranks finished execution.\n\t [[{{node HorovodAllreduce_grads_0}}]]")
+GLOO_CLOSED = ("[/tmp/pip-wheel-x/horovod/third_party/compatible17_gloo/gloo/transport/tcp/"
+               "pair.cc:598] Connection closed by peer [10.200.0.3]:40123 [[{{node x}}]]")
+GLOO_TIMED_OUT = ("Gloo all-reduce failed: [/tmp/h/third_party/gloo/gloo/transport/tcp/"
+                  "unbound_buffer.cc:81] Timed out waiting 20000ms for recv operation to complete")
+
+
+@pytest.mark.parametrize("message, reason", [
+    (HOROVOD_SHUT_DOWN, "Horovod has been shut down"),
+    (GLOO_CLOSED, "Connection closed by peer [10.200.0.3]:40123"),
+    (GLOO_TIMED_OUT, "Timed out waiting 20000ms for recv operation to complete"),
+])
+def test_a_lost_peer_is_told_by_horovod_s_and_gloo_s_own_words(message, reason):
+    assert lost_peer_reason(tf.errors.UnknownError(None, None, message)) == reason
+
+
+@pytest.mark.parametrize("message", [
+    "Connection reset by peer while reading gs://bucket/data_batch_1.bin",  # tf.data's input
+    "HorovodAllreduce_grads_0: Input to reshape is a tensor with 12 values",  # inside an op
+    "Gloo context could not be created: connection refused",  # start-up, not a lost peer
+])
+def test_other_failures_are_not_called_a_lost_peer(message):
+    assert lost_peer_reason(tf.errors.UnknownError(None, None, message)) is None
