@@ -212,7 +212,7 @@ def bench_horovod(config, scratch_dir):
     from hvd_cifar.collectives import barrier
     from hvd_cifar.rank_setup import (controller_name, pin_devices, set_launch_defaults,
                                       start_horovod)
-    from hvd_cifar.replica import Replica, StepConfig
+    from hvd_cifar.replica import Replica, StepConfig, choose_optimizer
 
     # Horovod: the same start as train.py: init, then pin a GPU or a share of the cores.
     set_launch_defaults()
@@ -236,7 +236,7 @@ def bench_horovod(config, scratch_dir):
     # The optimizer training would choose for these ranks; a constant rate (no decay to end).
     step_config = StepConfig(batch_size=config.batch_size, lr_scaling="none", lr_decay="staircase",
                              xla=config.xla, fp16_allreduce=config.fp16_allreduce)
-    replica = Replica(step_config, size, steps_per_epoch=1)
+    replica = Replica(choose_optimizer(step_config, size), size, steps_per_epoch=1)
     hvd.broadcast_variables(replica.state_variables(), root_rank=0)
 
     def timed_steps(batches):

@@ -130,6 +130,18 @@ def flag(default, help, type=None, **argparse_options):
                              metadata={"help": help, "type": type, **argparse_options})
 
 
+def setting(help):
+    """A dataclass field that is not a flag: a value the command works out (e.g. the optimizer
+    settings chosen for the job's workers), None until then."""
+    return dataclasses.field(default=None, metadata={"help": help, "not_a_flag": True})
+
+
+def flag_values(config):
+    """{flag name: value} of a config: its fields that are flags, as a run records them."""
+    return {field.name: getattr(config, field.name) for field in dataclasses.fields(config)
+            if not field.metadata.get("not_a_flag")}
+
+
 def argument(help, **argparse_options):
     """A dataclass field that is a positional command-line argument (e.g. nargs="+")."""
     return dataclasses.field(default=None, metadata={"help": help, "positional": True,
@@ -140,6 +152,8 @@ def add_dataclass_flags(parser, config_class):
     """Add one `--name` flag per field of config_class (the tutorial's underscore names), with
     its help and default; `--dashed-name` is accepted as well."""
     for field in dataclasses.fields(config_class):
+        if field.metadata.get("not_a_flag"):
+            continue
         options = dict(field.metadata)
         help_text = options.pop("help")
         if options.pop("positional", False):

@@ -13,7 +13,7 @@ import horovod.tensorflow as hvd
 
 from hvd_cifar import checkpoint as checkpoint_lib, model as model_lib
 from hvd_cifar.command import (AllreduceFlags, DeviceFlags, UserError, batch_size_int, flag,
-                               non_negative_float, positive_float, positive_int)
+                               non_negative_float, positive_float, positive_int, setting)
 from hvd_cifar.data import pipeline
 from hvd_cifar.rank_setup import xla_compiles
 
@@ -84,6 +84,8 @@ class StepConfig(DeviceFlags, AllreduceFlags, pipeline.AugmentFlags):
     backward_passes_per_step: int = flag(1, "backward passes whose gradients are summed "
                                          "locally before one all-reduce and update",
                                          positive_int)
+    chosen_for_workers: int = setting("the workers (ranks x backward passes) whose optimizer "
+                                      "settings choose_optimizer filled in")
 
 
 def choose_optimizer(config, ranks, elastic=False):
@@ -93,6 +95,8 @@ def choose_optimizer(config, ranks, elastic=False):
     then be given."""
     # Horovod: one update averages the gradients of W worker batches.
     workers = ranks * config.backward_passes_per_step
+    if config.chosen_for_workers is not None:
+        return config  # chosen once, at the job's start: an elastic resize keeps them
     if config.optimizer is None:
         optimizer = "lars" if workers >= LARS_FROM_WORKERS and not elastic else "sgd"
     else:
@@ -109,7 +113,15 @@ def choose_optimizer(config, ranks, elastic=False):
         momentum = LARS_MOMENTUM if lars else 0.0
     return dataclasses.replace(
         config, optimizer=optimizer, momentum=momentum, trust_coefficient=trust,
-        lars_output_layer=config.lars_output_layer or "global")
+        lars_output_layer=config.lars_output_layer or "global", chosen_for_workers=workers)
+
+
+def require_chosen(config):
+    """The step's settings must have been chosen for the job (choose_optimizer, once, at the
+    command's edge): a config that was not would silently get one worker's."""
+    if config.chosen_for_workers is None:
+        raise ValueError("the optimizer settings were not chosen for the job's workers: "
+                         "pass the config through choose_optimizer first")
 
 
 def optimizer_rule(config):
@@ -187,7 +199,7 @@ def learning_rate_schedule(config, size, steps_per_epoch, end_step=None):
     # Horovod: one update averages the gradients of size ranks x backward passes, a global
     # batch that many times one worker's, so the rate grows with it (Goyal et al. 2017).
     workers = size * config.backward_passes_per_step
-    config = choose_optimizer(config, size)
+    require_chosen(config)
     lars = config.optimizer == "lars"
     peak_lr, rule = scaled_learning_rate(config.lr, workers, config.lr_scaling, config.max_lr)
     warmup_epochs = config.warmup_epochs
@@ -219,8 +231,8 @@ class Replica:
     steps_per_epoch steps an epoch."""
 
     def __init__(self, config, size=None, steps_per_epoch=None):
-        # The optimizer is built now, for the workers of a config not yet chosen for them.
-        self.config = config = choose_optimizer(config, size or 1)
+        require_chosen(config)
+        self.config = config
         self.model = model_lib.inference(config.use_fp16)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         # The rate is set from the schedule before every step.

@@ -12,7 +12,6 @@ on another host that died: process ids of another host mean nothing here, but th
 does, on a shared file system too). --take_over_train_dir takes any lock over deliberately.
 A takeover is exclusive: of several contenders at once, one wins and the others are refused.
 """
-import dataclasses
 import datetime
 import glob
 import json
@@ -26,7 +25,7 @@ import sys
 import threading
 import time
 
-from hvd_cifar.command import UserError, say
+from hvd_cifar.command import UserError, flag_values, say
 from hvd_cifar.files import write_atomically
 from hvd_cifar.processes import boot_id, process_exists, process_start_time
 
@@ -349,7 +348,7 @@ def provenance(config, hosts, versions):
 
     commit = git("rev-parse", "HEAD")
     command = "python -m hvd_cifar.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    return {"flags": dataclasses.asdict(config), "command": command,
+    return {"flags": flag_values(config), "command": command,
             "commit": commit,
             "tree_changed": None if commit is None else bool(git("status", "--porcelain",
                                                                   "--untracked-files=no")),

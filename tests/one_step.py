@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 import horovod.tensorflow as hvd
-from hvd_cifar.replica import Replica, StepConfig
+from hvd_cifar.replica import Replica, StepConfig, choose_optimizer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("out")
@@ -36,7 +36,7 @@ config = StepConfig(batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.0, m
                     backward_passes_per_step=args.passes, optimizer=args.optimizer,
                     trust_coefficient=args.trust_coefficient,
                     lars_output_layer=args.lars_output_layer)
-replica = Replica(config, hvd.size(), steps_per_epoch=100)
+replica = Replica(choose_optimizer(config, hvd.size()), hvd.size(), steps_per_epoch=100)
 hvd.broadcast_variables(replica.state_variables(), root_rank=0)
 
 rng = np.random.default_rng(7)

@@ -15,6 +15,12 @@ from hvd_cifar.command import UserError
 from helpers import ENV, REPO_ROOT, python_module, scalars, tensorflow_gpu_count
 
 
+def lr_schedule(config, size, steps_per_epoch, end_step=None):
+    """The schedule of a config chosen for size ranks, as train.py chooses it at its start."""
+    return replica_lib.learning_rate_schedule(replica_lib.choose_optimizer(config, size), size,
+                                              steps_per_epoch, end_step)
+
+
 class FakeGPU:
     def __init__(self, index):
         self.name, self.device_type = f"/physical_device:GPU:{index}", "GPU"
@@ -98,7 +104,7 @@ def test_linear_sqrt_and_no_scaling(size):
 
 
 def test_warm_up_is_linear_from_lr_to_lr_times_size_then_flat():
-    schedule, rule = replica_lib.learning_rate_schedule(config(warmup_epochs=5.0), 2, 10)
+    schedule, rule = lr_schedule(config(warmup_epochs=5.0), 2, 10)
     assert schedule.warmup_steps == 50 and rule == "linear scaling: 0.1 x 2"
     assert float(schedule(0)) == pytest.approx(0.1)
     assert float(schedule(25)) == pytest.approx(0.15)
@@ -108,14 +114,14 @@ def test_warm_up_is_linear_from_lr_to_lr_times_size_then_flat():
 
 
 def test_warm_up_defaults_to_5_epochs_with_several_ranks_and_none_alone():
-    assert replica_lib.learning_rate_schedule(config(), 2, 10)[0].warmup_steps == 50
-    assert replica_lib.learning_rate_schedule(config(), 1, 10)[0].warmup_steps == 0
+    assert lr_schedule(config(), 2, 10)[0].warmup_steps == 50
+    assert lr_schedule(config(), 1, 10)[0].warmup_steps == 0
 
 
 @pytest.mark.parametrize("size", [1, 2, 8])
 def test_the_decay_falls_at_epoch_350_whatever_the_number_of_ranks(size):
     steps_per_epoch = 50_000 // (128 * size)
-    schedule, _ = replica_lib.learning_rate_schedule(config(), size, steps_per_epoch)
+    schedule, _ = lr_schedule(config(), size, steps_per_epoch)
     boundary = 350 * steps_per_epoch
     peak = 0.1 * size
     assert float(schedule(boundary - 1)) == pytest.approx(peak)
@@ -124,7 +130,7 @@ def test_the_decay_falls_at_epoch_350_whatever_the_number_of_ranks(size):
 
 
 def test_polynomial_decay_falls_squared_from_the_warm_up_end_to_0_at_max_steps():
-    schedule, rule = replica_lib.learning_rate_schedule(
+    schedule, rule = lr_schedule(
         config(warmup_epochs=5.0, lr_decay="polynomial"), 2, 10, end_step=250)
     assert rule == "linear scaling: 0.1 x 2, polynomial decay to 0 at step 250"
     assert float(schedule(25)) == pytest.approx(0.15)  # warming up as before
@@ -136,7 +142,7 @@ def test_polynomial_decay_falls_squared_from_the_warm_up_end_to_0_at_max_steps()
 
 def test_polynomial_decay_needs_the_step_it_ends_at():
     with pytest.raises(ValueError, match="ends at"):
-        replica_lib.learning_rate_schedule(config(lr_decay="polynomial"), 2, 10)
+        lr_schedule(config(lr_decay="polynomial"), 2, 10)
 
 
 def test_summary_histograms_writes_the_tutorials_activation_summaries(tmp_path):
@@ -178,17 +184,17 @@ def test_a_terminal_gets_a_progress_bar_and_the_log_file_gets_the_lines(tmp_path
 
 
 def test_backward_passes_count_as_workers_for_the_rate_and_the_warm_up():
-    schedule, rule = replica_lib.learning_rate_schedule(
+    schedule, rule = lr_schedule(
         config(backward_passes_per_step=4, optimizer="sgd"), 2, 10)
     assert rule == "linear scaling: 0.1 x 8" and schedule.peak_lr == pytest.approx(0.8)
     assert schedule.warmup_steps == 50
-    alone, _ = replica_lib.learning_rate_schedule(config(backward_passes_per_step=2), 1, 10)
+    alone, _ = lr_schedule(config(backward_passes_per_step=2), 1, 10)
     assert alone.peak_lr == pytest.approx(0.2) and alone.warmup_steps == 50
 
 
 @pytest.mark.parametrize("size, rate", [(1, 0.1), (2, 0.2), (8, 0.3), (64, 0.3)])
 def test_the_default_policy_is_linear_scaling_capped_at_0_3(size, rate):
-    schedule, rule = replica_lib.learning_rate_schedule(replica_lib.StepConfig(), size, 100,
+    schedule, rule = lr_schedule(replica_lib.StepConfig(), size, 100,
                                                         end_step=10_000)
     assert schedule.peak_lr == pytest.approx(rate)
     assert rule.startswith(f"linear scaling: 0.1 x {size}")
@@ -201,7 +207,7 @@ def test_below_8_workers_the_default_is_the_tutorials_sgd_with_a_5_epoch_warm_up
                                           ranks)
     assert (config.optimizer, config.momentum, config.lr_decay) == ("sgd", 0.0, "staircase")
     assert config.trust_coefficient is None
-    schedule, rule = replica_lib.learning_rate_schedule(config, ranks, 10)
+    schedule, rule = lr_schedule(config, ranks, 10)
     assert schedule.warmup_steps == (50 if ranks * passes > 1 else 0)
     assert float(schedule(0)) == pytest.approx(0.1)  # from one worker's rate
     assert "polynomial" not in rule
@@ -216,7 +222,7 @@ def test_from_8_workers_the_default_is_lars_with_the_measured_recipe(ranks, pass
         "lars", 0.9, "global", "staircase")
     assert config.trust_coefficient == pytest.approx(0.00125 * workers)
     steps_an_epoch = 12
-    schedule, rule = replica_lib.learning_rate_schedule(config, ranks, steps_an_epoch)
+    schedule, rule = lr_schedule(config, ranks, steps_an_epoch)
     # 2 epochs of warm-up from the capped peak's share of one worker, then the peak held until
     # the tutorial's first step down at 350 epochs.
     assert schedule.warmup_steps == 24 and schedule.peak_lr == pytest.approx(0.3)
@@ -323,3 +329,14 @@ def test_a_lost_peer_is_told_by_horovod_s_and_gloo_s_own_words(message, reason):
 ])
 def test_other_failures_are_not_called_a_lost_peer(message):
     assert lost_peer_reason(tf.errors.UnknownError(None, None, message)) is None
+
+
+def test_a_config_not_chosen_for_the_job_cannot_reach_the_step():
+    unchosen = replica_lib.StepConfig(backward_passes_per_step=4)
+    with pytest.raises(ValueError, match="pass the config through choose_optimizer first"):
+        replica_lib.learning_rate_schedule(unchosen, 2, 10)
+    with pytest.raises(ValueError, match="pass the config through choose_optimizer first"):
+        replica_lib.Replica(unchosen, 2, 10)
+    chosen = replica_lib.choose_optimizer(unchosen, 2)
+    assert chosen.chosen_for_workers == 8 and chosen.optimizer == "lars"
+    assert replica_lib.choose_optimizer(chosen, 4) is chosen

@@ -17,15 +17,16 @@ import tensorflow as tf
 
 from hvd_cifar import model as model_lib
 from hvd_cifar.data import pipeline
-from hvd_cifar.replica import Replica, StepConfig
+from hvd_cifar.replica import Replica, StepConfig, choose_optimizer
 
 BATCH = 128
 hvd.init()  # a one-rank job: the all-reduce is skipped, as at np=1
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
-replica = Replica(StepConfig(batch_size=BATCH, lr_scaling="none"), 1, steps_per_epoch=1)
-xla_replica = Replica(StepConfig(batch_size=BATCH, lr_scaling="none", xla="on"), 1,
-                      steps_per_epoch=1)
+replica = Replica(choose_optimizer(StepConfig(batch_size=BATCH, lr_scaling="none"), 1), 1,
+                  steps_per_epoch=1)
+xla_replica = Replica(choose_optimizer(StepConfig(batch_size=BATCH, lr_scaling="none", xla="on"),
+                                      1), 1, steps_per_epoch=1)
 batches = iter(pipeline.synthetic_dataset(BATCH, 0))
 
 
