@@ -26,8 +26,6 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 # is 1): rank 0 writes its checkpoint the moment SIGTERM reaches it, which takes far less, and a
 # larger value keeps the ranks training longer after Ctrl-C (docs/results/test_suite.md).
 export OMPI_MCA_odls_base_sigkill_timeout ?= 10
-# TensorFlow's C++ start-up lines, from horovodrun too (it imports TensorFlow to check the build).
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install train train-steps test test-fast data reproduce bench
 

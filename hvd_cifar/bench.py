@@ -234,7 +234,7 @@ def bench_horovod(config, scratch_dir):
     inputs, batches_by_path = input_measurements(config, batches_dir, size, rank, total)
 
     # The optimizer training would choose for these ranks; a constant rate (no decay to end).
-    step_config = StepConfig(batch_size=config.batch_size, lr_scaling="none", lr_decay="staircase",
+    step_config = StepConfig(batch_size=config.batch_size, lr_scaling="none",
                              xla=config.xla, fp16_allreduce=config.fp16_allreduce)
     replica = Replica(choose_optimizer(step_config, size), size, steps_per_epoch=1)
     hvd.broadcast_variables(replica.state_variables(), root_rank=0)

@@ -41,8 +41,8 @@ from hvd_cifar.data import download, pipeline, records
 from hvd_cifar.rank_setup import (controller_name, determinism_words, pin_devices,
                                   set_launch_defaults, set_op_determinism, set_timeline,
                                   start_horovod, xla_compiles)
-from hvd_cifar.command import (DeterminismFlags, DeviceFlags, TimelineFlags, UserError,
-                               batch_size_int, count, first_line, flag, parse_command,
+from hvd_cifar.command import (DEFAULT_TRAIN_DIR, DeterminismFlags, DeviceFlags, TimelineFlags,
+                               UserError, batch_size_int, count, first_line, flag, parse_command,
                                positive_float, positive_int, run_command, say)
 
 # Random records in each training file when the check has no data to measure the input on.
@@ -51,11 +51,22 @@ INPUT_RECORDS = 1_000
 MIXED_PRECISION_CAPABILITY = (7, 0)
 # A rank whose training step is this much slower than the median one holds the others back.
 STRAGGLER_FACTOR = 1.2
-# TensorFlow 2.15's CUDA 12.2 needs at least this driver (CUDA's minor-version compatibility).
-MINIMUM_DRIVER = (525, 60)
-# The oldest driver of each CUDA major release (minor-version compatibility): Horovod links the
-# CUDA runtime it was built with statically, so its build's release needs this driver too.
-OLDEST_DRIVER_BY_CUDA = {12: (525, 60), 13: (580, 0)}
+
+
+def oldest_drivers():
+    """{CUDA major release: the oldest driver (major, minor) that runs it}, from the table
+    launch/install.sh reads too."""
+    with open(os.path.join(os.path.dirname(__file__), "cuda_drivers.json")) as f:
+        table = json.load(f)
+    return {int(release): tuple(int(part) for part in (driver + ".0").split(".")[:2])
+            for release, driver in table.items() if release.isdigit()}
+
+
+# Horovod links the CUDA runtime it was built with statically, so its build's release needs
+# the oldest driver of that release too.
+OLDEST_DRIVER_BY_CUDA = oldest_drivers()
+# TensorFlow 2.15 runs CUDA 12.2.
+MINIMUM_DRIVER = OLDEST_DRIVER_BY_CUDA[12]
 # What launch/install.sh records about the Horovod build it installed into this environment.
 HOROVOD_BUILD_RECORD = os.path.join(sys.prefix, "share", "hvd_cifar", "horovod_build.json")
 
@@ -64,7 +75,7 @@ HOROVOD_BUILD_RECORD = os.path.join(sys.prefix, "share", "hvd_cifar", "horovod_b
 class CheckConfig(DeviceFlags, TimelineFlags, DeterminismFlags, download.DataSourceFlags,
                   pipeline.AugmentFlags):
     """The check's flags; the data flags are training's, so the check sees what it will."""
-    train_dir: str = flag("runs/train", "the folder rank 0 will write checkpoints to")
+    train_dir: str = flag(DEFAULT_TRAIN_DIR, "the folder rank 0 will write checkpoints to")
     host_report: bool = flag(False, "print one line of key=value facts about this host "
                              "(versions and Horovod build, GPUs, address, data) without "
                              "starting Horovod, and exit; launch/check_cluster.sh compares "

@@ -12,6 +12,12 @@ import re
 import signal
 import sys
 
+# Where every command looks for the data and the run by default (the Makefile's DATA_DIR and
+# TRAIN_DIR are the same).
+DEFAULT_DATA_DIR = "data"
+DEFAULT_TRAIN_DIR = "runs/train"
+
+
 class UserError(Exception):
     """An expected failure the user can fix; its message names the file or flag. Under a
     launcher every rank meets it together, and rank 0 says it."""

@@ -26,8 +26,8 @@ import horovod.tensorflow as hvd
 
 from hvd_cifar import checkpoint as checkpoint_lib
 from hvd_cifar.data import download, pipeline, records
-from hvd_cifar.command import (Stopped, UserError, batch_size_int, flag, parse_command,
-                               positive_int, run_command, say)
+from hvd_cifar.command import (DEFAULT_DATA_DIR, DEFAULT_TRAIN_DIR, Stopped, UserError,
+                               batch_size_int, flag, parse_command, positive_int, run_command, say)
 from hvd_cifar.collectives import fail_together
 from hvd_cifar.rank_setup import start_horovod
 from hvd_cifar.supervision import StopRequest
@@ -38,8 +38,8 @@ EVAL_BATCH_SIZE = 1000
 
 @dataclasses.dataclass
 class EvalConfig:
-    data_dir: str = flag("data", "folder holding cifar-10-batches-bin/")
-    checkpoint_dir: str = flag("runs/train", "train_dir of the run to evaluate")
+    data_dir: str = flag(DEFAULT_DATA_DIR, "folder holding cifar-10-batches-bin/")
+    checkpoint_dir: str = flag(DEFAULT_TRAIN_DIR, "train_dir of the run to evaluate")
     eval_dir: str = flag(None, "where eval.json, the confusion matrix, the learning curve and "
                          "the TensorBoard scalars go (default: checkpoint_dir, scalars in "
                          "<checkpoint_dir>/eval); needed for a run you may only read")

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from hvd_cifar import checkpoint as checkpoint_lib
 from hvd_cifar.data import records
-from hvd_cifar.command import UserError, flag, parse_command, run_command
+from hvd_cifar.command import DEFAULT_DATA_DIR, UserError, flag, parse_command, run_command
 from hvd_cifar.files import staged_folder, write_atomically
 from hvd_cifar.classifier import IMAGES_SHAPE, classifier
 
@@ -81,8 +81,8 @@ class ExportConfig:
     out: str = flag(None, "the SavedModel folder to create", str)
     weights: str = flag(None, "write only the moving-average weights to this .h5 file (as "
                         "shipped in hvd_cifar/weights/) instead of --out", str)
-    data_dir: str = flag("data", "class names from its batches.meta.txt when present, else "
-                         "CIFAR-10's")
+    data_dir: str = flag(DEFAULT_DATA_DIR, "class names from its batches.meta.txt when "
+                         "present, else CIFAR-10's")
 
 
 def run(config):

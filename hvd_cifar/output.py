@@ -25,6 +25,7 @@ class RunOutput:
         self.log = self.checkpoints = None
         self.notes = []           # lines about the train_dir, said once the log is open
         self.previous_run = None  # run.json of the run before this one in the train_dir
+        self.checkpoint_size = 0  # bytes of one checkpoint, once known
 
     def claim_and_restore(self, checkpoint):
         """Lock the train_dir, clean what a killed run left, restore its newest complete
@@ -68,7 +69,6 @@ class RunOutput:
             self.checkpoints = checkpoint_lib.manager(replica.checkpoint, self.train_dir,
                                                       config.keep_checkpoints)
         self.log.warmup_steps = replica.warmup_steps
-        self.replica = replica
         self.line(f"hvd_cifar: {job}")
         self.line(f"hvd_cifar: global batch {record['global_batch']} "
                   f"({config.batch_size} x {count(record['ranks'], 'rank')} x "
@@ -103,9 +103,11 @@ class RunOutput:
         else:
             self.line(f"hvd_cifar: {'continuing' if step else 'starting'} at step {step} in "
                       f"{self.train_dir}")
+
+    def record_run(self, record):
+        """run.json: this run's set-up and provenance, the earlier set-ups of a resumed run."""
         train_dir_lib.write_run_record(self.train_dir,
                                        train_dir_lib.with_history(record, self.previous_run))
-        self.warn_when_checkpoints_do_not_fit()
 
     def record_finish(self, step, digest):
         """run.json gains when the run finished, at which step and its weights' digest."""
@@ -114,13 +116,11 @@ class RunOutput:
                       finished_step=step, weights_digest=digest)
         train_dir_lib.write_run_record(self.train_dir, record)
 
-    def checkpoint_bytes(self):
-        return sum(v.numpy().nbytes for v in self.replica.state_variables())
-
-    def warn_when_checkpoints_do_not_fit(self):
-        """Say so when the disk cannot hold the checkpoints the run keeps (plus the one being
-        written)."""
-        config, size = self.config, self.checkpoint_bytes()
+    def warn_when_checkpoints_do_not_fit(self, size):
+        """Say so when the disk cannot hold the checkpoints of size bytes the run keeps (plus
+        the one being written)."""
+        config = self.config
+        self.checkpoint_size = size
         needed = size * (config.keep_checkpoints + 1)
         free = train_dir_lib.free_bytes(self.train_dir)
         if free < needed:
@@ -132,10 +132,12 @@ class RunOutput:
     def line(self, text):
         self.log.line(text)
 
-    def write_step(self, step, values):
+    def write_step(self, step, values, model=None, images=None):
+        """The log line and scalars of step; with --summary_histograms, the activation
+        histograms of model on images (the batch it just trained on)."""
         self.log.step(step, values)
         if self.config.summary_histograms:
-            write_histograms(self.replica.model, self.replica.last_images(), self.log.writer, step)
+            write_histograms(model, images, self.log.writer, step)
 
     def write_checkpoint(self, step):
         """Checkpoint step (once); a failure removes the partial one and names the room."""
@@ -149,7 +151,7 @@ class RunOutput:
             raise UserError(
                 f"cannot write checkpoint {step} to --train_dir {self.train_dir}: "
                 f"{first_line(error)[:300]}; "
-                f"a checkpoint needs {self.checkpoint_bytes() / 1e6:.1f} MB, "
+                f"a checkpoint needs {self.checkpoint_size / 1e6:.1f} MB, "
                 f"{train_dir_lib.free_bytes(self.train_dir) / 1e6:.1f} MB are free; the newest "
                 f"complete checkpoint is {newest}") from None
 

@@ -20,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from hvd_cifar.classifier import load_classifier
-from hvd_cifar.command import UserError, argument, flag, parse_command, positive_int, run_command
+from hvd_cifar.command import (DEFAULT_DATA_DIR, UserError, argument, flag, parse_command,
+                               positive_int, run_command)
 from hvd_cifar.data import records
 from hvd_cifar.data.images import read_image
 
@@ -30,7 +31,7 @@ class PredictConfig:
     images: list = argument("PNG or JPEG files to classify", nargs="+", metavar="IMAGE")
     checkpoint_dir: str = flag(None, "a train_dir or an exported SavedModel (default: the "
                                "weights shipped in the package)", str)
-    data_dir: str = flag("data", "class names come from its cifar-10-batches-bin/"
+    data_dir: str = flag(DEFAULT_DATA_DIR, "class names come from its cifar-10-batches-bin/"
                          "batches.meta.txt when present, else CIFAR-10's")
     top_k: int = flag(1, "how many classes to list an image", positive_int)
     json: bool = flag(False, "print one JSON object instead")

@@ -12,6 +12,25 @@ def process_arguments(pid):
         return []
 
 
+def python_pids_with(argument, environment_entries):
+    """PIDs of the python processes with argument among their arguments and any of
+    environment_entries (e.g. HOROVOD_RANK=1) in their environment: a job's ranks by rank."""
+    wanted = {entry.encode() for entry in environment_entries}
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                arguments = f.read().split(b"\0")
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environment = set(f.read().split(b"\0"))
+        except OSError:
+            continue
+        if (arguments[0].endswith(b"python") and str(argument).encode() in arguments
+                and wanted & environment):
+            pids.append(int(pid))
+    return pids
+
+
 def parent_pid(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -1,6 +1,8 @@
 """Each rank's input: the data made ready on every host, the steps in an epoch of the global
 batch, and the rank's own shard of batches from a given step on (a batch is a pure function of
 the step, so a resumed or resized run reads on where it was)."""
+import time
+
 from hvd_cifar.command import UserError
 from hvd_cifar.data import download, pipeline, records
 from hvd_cifar.collectives import fail_together
@@ -60,3 +62,29 @@ def rank_batches(config, train_files, size, rank, start_step):
     if on_device:
         return pipeline.DeviceSteps(shard, first_batch)
     return iter(shard.host_dataset(first_batch))
+
+
+class TimedBatches:
+    """A rank's batches as the loop draws them: how long it waited for them (the log's input
+    wait) and the last one drawn (the batch the activation histograms show, since drawing
+    another would move the rank's position in its data)."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.shard = getattr(batches, "shard", None)  # the device path's shard, if any
+        self.waited_seconds = 0.0
+        self.last = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        waiting_since = time.perf_counter()
+        self.last = next(self.batches)
+        self.waited_seconds += time.perf_counter() - waiting_since
+        return self.last
+
+    def take_wait(self):
+        """Seconds spent waiting for batches since the last call."""
+        waited, self.waited_seconds = self.waited_seconds, 0.0
+        return waited

@@ -6,7 +6,6 @@ Trainer drives it, bench.py times it.
 import dataclasses
 import hashlib
 import math
-import time
 
 import tensorflow as tf
 import horovod.tensorflow as hvd
@@ -269,8 +268,7 @@ class Replica:
         # all-reduce: Horovod registers XLA kernels for GPU builds only, and on CPU a compiled
         # HorovodAllreduce fails ("No registered 'HorovodAllreduce' OpKernel for XLA_CPU_JIT").
         self.loss_and_logits = tf.function(self._loss_and_logits, jit_compile=jit_compile)
-        self.size = self.steps_per_epoch = self.device_shard = self.last_inputs = None
-        self.input_wait_seconds = 0.0
+        self.size = self.steps_per_epoch = self.device_shard = None
         if size is not None:
             self.rescale(size, steps_per_epoch)
 
@@ -325,25 +323,18 @@ class Replica:
         return loss, tf.reduce_mean(tf.cast(correct, tf.float32))
 
     def step(self, batches):
-        """One synchronized update from backward_passes_per_step batches; (loss, accuracy)."""
+        """One synchronized update from backward_passes_per_step batches; (loss, accuracy)
+        averaged over its passes."""
         passes = self.config.backward_passes_per_step
+        losses, accuracies = [], []
         for index in range(passes):
-            waiting_since = time.perf_counter()
-            inputs = next(batches)
-            self.input_wait_seconds += time.perf_counter() - waiting_since
-            loss, accuracy = self.train_pass(inputs, first=index == 0, last=index == passes - 1)
-        # The batch just trained on, for activation histograms (drawing another batch would
-        # move this rank's data position).
-        self.last_inputs = inputs
-        return loss, accuracy
-
-    def last_images(self):
-        return self.batch_of(self.last_inputs)[0]
-
-    def take_input_wait(self):
-        """Seconds spent waiting for the next batch since the last call."""
-        waited, self.input_wait_seconds = self.input_wait_seconds, 0.0
-        return waited
+            loss, accuracy = self.train_pass(next(batches), first=index == 0,
+                                             last=index == passes - 1)
+            losses.append(loss)
+            accuracies.append(accuracy)
+        if passes == 1:
+            return loss, accuracy
+        return tf.reduce_mean(losses), tf.reduce_mean(accuracies)
 
 
 class LARS(tf.keras.optimizers.SGD):

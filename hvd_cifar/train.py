@@ -24,9 +24,9 @@ import tensorflow as tf
 import horovod
 import horovod.tensorflow as hvd
 
-from hvd_cifar.command import (DeterminismFlags, RankFailure, Stopped, TimelineFlags, UserError,
-                               count, flag, non_negative_float, parse_command, positive_int,
-                               run_command, seed_int)
+from hvd_cifar.command import (DEFAULT_TRAIN_DIR, DeterminismFlags, RankFailure, Stopped,
+                               TimelineFlags, UserError, count, flag, non_negative_float,
+                               parse_command, positive_int, run_command, seed_int)
 from hvd_cifar.data import download, records
 from hvd_cifar.collectives import barrier, fail_together, lost_peer_reason
 from hvd_cifar.elastic import ElasticState
@@ -36,7 +36,8 @@ from hvd_cifar.rank_setup import (controller_name, determinism_words, op_determi
 from hvd_cifar.supervision import LauncherAndMakeWatch, StopRequest, Watchdog
 from hvd_cifar import train_dir as train_dir_lib
 from hvd_cifar.output import RunOutput
-from hvd_cifar.rank_input import augmentation_place, ready_data_and_count_steps, rank_batches
+from hvd_cifar.rank_input import (TimedBatches, augmentation_place, ready_data_and_count_steps,
+                                  rank_batches)
 from hvd_cifar.replica import (Replica, StepConfig, check_loss, choose_optimizer, optimizer_record,
                                weights_digest)
 
@@ -49,7 +50,7 @@ DEFAULT_HANG_TIMEOUT_SECONDS = 600.0
 @dataclasses.dataclass
 class TrainConfig(StepConfig, TimelineFlags, DeterminismFlags, download.DataSourceFlags):
     """The train command's flags: the step's (StepConfig), the data's and the loop's."""
-    train_dir: str = flag("runs/train", "checkpoints, TensorBoard events and train.log "
+    train_dir: str = flag(DEFAULT_TRAIN_DIR, "checkpoints, TensorBoard events and train.log "
                           "(rank 0 writes); an existing one is resumed")
     max_steps: int = flag(1_000_000, "synchronized steps to train for (counted across "
                           "resumes)", positive_int)
@@ -148,7 +149,7 @@ class Trainer:
             elastic_state.commit()
         step = int(replica.global_step.numpy())
         self.note_resume_point()
-        batches = rank_batches(config, train_files, size, rank, step)
+        batches = TimedBatches(rank_batches(config, train_files, size, rank, step))
         replica.feed_from(batches)
         # Horovod: collect each rank's device and host so rank 0 can show the whole job in one
         # line and record it.
@@ -176,7 +177,7 @@ class Trainer:
                 "horovod": horovod.__version__, "numpy": np.__version__,
                 "mpi": train_dir_lib.mpi_version()}))
         # Horovod: rank 0 opens the log and says how the run is set up.
-        fail_together(lambda: self.output.open(replica, job, record, step, restored)
+        fail_together(lambda: self.open_output(job, record, step, restored)
                       if self.is_chief else None)
         try:
             step = self.loop(step, batches, global_batch, elastic_state)
@@ -190,6 +191,13 @@ class Trainer:
                 f"{int(replica.global_step.numpy()) + 1} ({reason})"
                 f"{self.watchdog.resume_hint}") from None
         self.finish(step)
+
+    def open_output(self, job, record, step, restored):
+        """Rank 0's opening lines, run.json, and a warning when the disk is too small."""
+        self.output.open(self.replica, job, record, step, restored)
+        self.output.record_run(record)
+        self.output.warn_when_checkpoints_do_not_fit(
+            sum(v.numpy().nbytes for v in self.replica.state_variables()))
 
     def note_resume_point(self):
         step = self.last_checkpoint_step
@@ -234,7 +242,7 @@ class Trainer:
             mean_loss, mean_accuracy, input_wait, interrupted, terminated = (
                 float(v) for v in hvd.allreduce(tf.stack(
                     [tf.reduce_mean(interval_losses), tf.reduce_mean(interval_accuracies),
-                     replica.take_input_wait() / elapsed, float(received == signal.SIGINT),
+                     batches.take_wait() / elapsed, float(received == signal.SIGINT),
                      float(received == signal.SIGTERM)]), op=hvd.Average, name="interval_metrics"))
             check_loss(mean_loss, running_loss, step, replica)
             running_loss = (mean_loss if running_loss is None
@@ -245,8 +253,10 @@ class Trainer:
                       "examples_per_sec": global_batch * len(interval_losses) / elapsed,
                       "sec_per_batch": elapsed / len(interval_losses)}
             # Horovod: rank 0 writes the log, and every rank stops when it could not.
-            fail_together(lambda: self.output.write_step(step, values) if self.is_chief
-                          else None)
+            fail_together(lambda: self.output.write_step(
+                step, values, replica.model,
+                replica.batch_of(batches.last)[0] if config.summary_histograms else None)
+                if self.is_chief else None)
             if interrupted or terminated:
                 self.stop(step, signal.SIGINT if interrupted else signal.SIGTERM)
             if step % config.checkpoint_every_steps == 0:

@@ -17,17 +17,18 @@ set -uo pipefail
 hostfile=${1:?usage: launch/check_cluster.sh HOSTFILE}
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 data_dir=${DATA_DIR:-data}
-data_url=${DATA_URL:-https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz}
+# Without DATA_URL, hvd_cifar.check's own default: the official archive.
+data_url=${DATA_URL:-}
 ssh_options=(-o BatchMode=yes -o ConnectTimeout="${SSH_TIMEOUT:-10}")
 
 [ -r "$hostfile" ] || { echo "hvd_cifar: error: cannot read hostfile $hostfile" >&2; exit 2; }
 
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 # One line of key=value pairs describing a host: what must match everywhere, and what it has.
-report_command="-m hvd_cifar.check --host_report --data_dir '$data_dir' --data_url '$data_url'"
+report_command="-m hvd_cifar.check --host_report --data_dir '$data_dir'${data_url:+ --data_url '$data_url'}"
 
-local_report=$(cd "$repo_root" && TF_CPP_MIN_LOG_LEVEL=3 "$host_python" -m hvd_cifar.check --host_report \
-  --data_dir "$data_dir" --data_url "$data_url" 2>/dev/null | tail -n 1)
+local_report=$(cd "$repo_root" && "$host_python" -m hvd_cifar.check --host_report \
+  --data_dir "$data_dir" ${data_url:+--data_url "$data_url"} 2>/dev/null | tail -n 1)
 [ -n "$local_report" ] || { echo "hvd_cifar: error: $host_python cannot import tensorflow and horovod here" >&2; exit 2; }
 local_versions=$(field "$local_report" versions)
 local_gpus=$(field "$local_report" gpus)
@@ -42,7 +43,7 @@ while read -r host slots; do
     continue
   fi
   report=$(ssh "${ssh_options[@]}" "$host" \
-    "cd '$repo_root' 2>/dev/null; TF_CPP_MIN_LOG_LEVEL=3 '$host_python' $report_command" \
+    "cd '$repo_root' 2>/dev/null; '$host_python' $report_command" \
     </dev/null 2>/dev/null | tail -n 1)
   if [ -z "$report" ]; then
     problem "$host" "$host_python cannot import tensorflow and horovod there (install the same environment on every host)"
@@ -59,11 +60,11 @@ while read -r host slots; do
     127.*) problem "$host" "its hostname $(field "$report" hostname) resolves to $(field "$report" address): Gloo ranks would connect to loopback; map it to the host's own address in /etc/hosts" ;;
   esac
   [ "$(field "$report" data)" != False ] ||
-    problem "$host" "no CIFAR-10 in $data_dir and $data_url is not reachable from it"
+    problem "$host" "no CIFAR-10 in $data_dir and ${data_url:-the official archive} is not reachable from it"
 done < <(hostfile_entries "$hostfile")
 
 if (( problems )); then
-  echo "hvd_cifar: error: $problems problems on the hosts of $hostfile (listed above)" >&2
+  echo "hvd_cifar: error: $problems problem$( ((problems == 1)) || echo s) on the hosts of $hostfile (listed above)" >&2
   exit 1
 fi
-echo "check_cluster: $hosts hosts ready ($local_versions, $local_gpus GPUs here)"
+echo "check_cluster: $hosts host$( ((hosts == 1)) || echo s) ready ($local_versions, $local_gpus GPUs here)"

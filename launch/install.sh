@@ -119,8 +119,11 @@ driver_version() {
 }
 
 # The oldest driver that runs a program with CUDA <major>'s runtime linked in, as Horovod links
-# it (statically): NVIDIA's minor-version compatibility table.
-oldest_driver() { case $1 in 12) echo 525.60 ;; 13) echo 580 ;; *) echo "of CUDA $1" ;; esac; }
+# it (statically): NVIDIA's minor-version compatibility table, shared with hvd_cifar.check.
+oldest_driver() {
+  sed -n "s/^ *\"$1\": *\"\([0-9.]*\)\".*/\1/p" "$repo_root/hvd_cifar/cuda_drivers.json" | grep . ||
+    echo "of CUDA $1"
+}
 
 cuda_compiler() {
   # Horovod's NCCL build compiles CUDA kernels with nvcc from CUDA 12 or 13. Horovod links the

@@ -21,7 +21,6 @@ venv=${HVD_CIFAR_VENV:-$PWD/.venv}
 if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
-export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 echo "slurm/check.sh: job ${SLURM_JOB_ID}, ${SLURM_NTASKS} tasks on ${SLURM_JOB_NODELIST}"
 srun --mpi="${SRUN_MPI:-pmix}" --kill-on-bad-exit=1 "$venv/bin/python" -m hvd_cifar.check \
   --data_dir "${DATA_DIR:-data}" --train_dir "${TRAIN_DIR:-runs/slurm-${SLURM_JOB_ID}}" "$@"

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from hvd_cifar.data import records
+from hvd_cifar.processes import python_pids_with
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -177,20 +178,7 @@ def logged_steps(train_dir):
 def trainer_pids(train_dir, environment_entry):
     """PIDs of the python trainer processes training into train_dir whose environment holds
     environment_entry, e.g. HOROVOD_RANK=1 (set per process by horovodrun --gloo)."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                command = f.read()
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environment = f.read().split(b"\0")
-        except OSError:
-            continue
-        arguments = command.split(b"\0")
-        if (arguments[0].endswith(b"python") and str(train_dir).encode() in arguments
-                and environment_entry.encode() in environment):
-            pids.append(int(pid))
-    return pids
+    return python_pids_with(train_dir, [environment_entry])
 
 
 def scalars(train_dir, tag):

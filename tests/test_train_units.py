@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from hvd_cifar import rank_setup, replica as replica_lib
 from hvd_cifar.collectives import lost_peer_reason
+from hvd_cifar import rank_input
 from hvd_cifar.command import UserError
 from helpers import ENV, REPO_ROOT, python_module, scalars, tensorflow_gpu_count
 
@@ -340,3 +341,28 @@ def test_a_config_not_chosen_for_the_job_cannot_reach_the_step():
     chosen = replica_lib.choose_optimizer(unchosen, 2)
     assert chosen.chosen_for_workers == 8 and chosen.optimizer == "lars"
     assert replica_lib.choose_optimizer(chosen, 4) is chosen
+
+
+def test_the_logged_loss_and_accuracy_average_every_backward_pass_of_a_step():
+    config = replica_lib.choose_optimizer(replica_lib.StepConfig(backward_passes_per_step=3), 1)
+    replica = replica_lib.Replica(config, 1, 10)
+    passes = []
+    replica.train_pass = lambda inputs, first, last: (
+        passes.append((first, last)) or (tf.constant(inputs), tf.constant(inputs / 10)))
+    loss, accuracy = replica.step(iter([1.0, 2.0, 6.0, 100.0]))
+    assert (float(loss), float(accuracy)) == pytest.approx((3.0, 0.3))
+    assert passes == [(True, False), (False, False), (False, True)]
+
+
+def test_timed_batches_keep_the_last_batch_and_the_time_waited_for_it(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(rank_input.time, "perf_counter", lambda: clock[0])
+
+    def batches_that_take_2_seconds_each():
+        for batch in ("a", "b"):
+            clock[0] += 2.0
+            yield batch
+    batches = rank_input.TimedBatches(batches_that_take_2_seconds_each())
+    assert [next(batches), next(batches)] == ["a", "b"] and batches.last == "b"
+    assert batches.take_wait() == 4.0 and batches.take_wait() == 0.0
+    assert batches.shard is None

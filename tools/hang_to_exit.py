@@ -15,23 +15,14 @@ import sys
 import tempfile
 import time
 
+from hvd_cifar.processes import python_pids_with
+
 BIN = os.path.dirname(sys.executable)
 
 
 def rank_pid(train_dir, rank):
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                arguments = f.read().split(b"\0")
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environment = f.read().split(b"\0")
-        except OSError:
-            continue
-        if str(train_dir).encode() in arguments and arguments[0].endswith(b"python") and (
-                f"HOROVOD_RANK={rank}".encode() in environment
-                or f"OMPI_COMM_WORLD_RANK={rank}".encode() in environment):
-            return int(pid)
-    return None
+    found = python_pids_with(train_dir, [f"HOROVOD_RANK={rank}", f"OMPI_COMM_WORLD_RANK={rank}"])
+    return found[0] if found else None
 
 
 def main(controller, *flags):

@@ -11,7 +11,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
-from hvd_cifar.command import UserError, flag
+from hvd_cifar.command import DEFAULT_DATA_DIR, UserError, flag
 from hvd_cifar.data.records import BATCHES_DIR, split_files
 from hvd_cifar.files import write_atomically
 
@@ -33,7 +33,7 @@ def sha256_flag(text):
 @dataclasses.dataclass
 class DataSourceFlags:
     """Where a command finds CIFAR-10, and where it downloads it from when it is missing."""
-    data_dir: str = flag("data", "folder holding cifar-10-batches-bin/ or "
+    data_dir: str = flag(DEFAULT_DATA_DIR, "folder holding cifar-10-batches-bin/ or "
                          f"{ARCHIVE_NAME}; the archive is downloaded there when missing")
     data_url: str = flag(DATA_URL, "where to download the archive from: a mirror or a "
                          "file:// path")
