@@ -9,7 +9,7 @@ import tarfile
 
 import numpy as np
 
-from hvd_cifar.command import UserError, argument, first_line, flag, fraction, seed_int
+from hvd_cifar.command import UserError, argument, flag, fraction, seed_int
 from hvd_cifar.data.images import (IMAGE_SUFFIXES, decode_to_cifar, read_image_file,
                                    size_problem)
 from hvd_cifar.data.records import (BATCHES_DIR, META_FILE, NUM_CLASSES, TEST_FILES, TRAIN_FILES,
@@ -164,8 +164,6 @@ def convert(source, out_dir, test_fraction=None, seed=0, skip_bad=False):
             pixels[name] = decode_to_cifar(raw)
         except UserError as error:
             bad.append(f"{name} ({error})")
-        except Exception as error:  # PIL raises many kinds for a bad file
-            bad.append(f"{name} ({type(error).__name__}: {first_line(error, 'unreadable')})")
     decoded = {split: ([pixels[name] for _, name in members if name in pixels],
                        [class_list.index(c) for c, name in members if name in pixels])
                for split, members in tree.items()}

@@ -7,7 +7,7 @@ import stat
 import numpy as np
 from PIL import Image
 
-from hvd_cifar.command import UserError
+from hvd_cifar.command import UserError, first_line
 from hvd_cifar.data.records import ORIGINAL_SIZE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -78,15 +78,24 @@ def decode_to_cifar(raw):
                         "reads 32x32 images)") from None
     except Image.UnidentifiedImageError:
         raise UserError("not a readable image (no image format PIL knows)") from None
+    except Exception as error:  # a header PIL recognises but cannot parse
+        raise UserError(f"not a readable image ({type(error).__name__}: "
+                        f"{first_line(error, 'unreadable')})") from None
     with opened as image:
         width, height = image.size
         if width * height > MAX_IMAGE_PIXELS:
             raise UserError(f"{width}x{height} is larger than {MAX_IMAGE_PIXELS:,} pixels; "
                             "shrink it first (the network reads 32x32 images)")
-        image = to_rgb8(image)
-        if image.size != (ORIGINAL_SIZE, ORIGINAL_SIZE):
-            image = image.resize((ORIGINAL_SIZE, ORIGINAL_SIZE), Image.Resampling.LANCZOS)
-        return np.asarray(image, dtype=np.uint8)
+        try:
+            image = to_rgb8(image)
+            if image.size != (ORIGINAL_SIZE, ORIGINAL_SIZE):
+                image = image.resize((ORIGINAL_SIZE, ORIGINAL_SIZE), Image.Resampling.LANCZOS)
+            return np.asarray(image, dtype=np.uint8)
+        except UserError:
+            raise
+        except Exception as error:  # PIL raises many kinds for a damaged image
+            raise UserError(f"not a readable image ({type(error).__name__}: "
+                            f"{first_line(error, 'unreadable')})") from None
 
 
 def read_image(path):
@@ -95,5 +104,3 @@ def read_image(path):
         return decode_to_cifar(read_image_file(path))
     except UserError as error:
         raise UserError(f"{path}: {error}") from None
-    except Exception as error:  # PIL raises many kinds for a file that is not an image
-        raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None
