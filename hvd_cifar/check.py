@@ -38,9 +38,8 @@ import horovod.tensorflow as hvd
 from hvd_cifar import model as model_lib
 from hvd_cifar.collectives import barrier
 from hvd_cifar.data import download, pipeline, records
-from hvd_cifar.rank_setup import (controller_name, determinism_words, pin_devices,
-                                  set_launch_defaults, set_op_determinism, set_timeline,
-                                  start_horovod, xla_compiles)
+from hvd_cifar import rank_setup
+from hvd_cifar.rank_setup import controller_name, determinism_words, xla_compiles
 from hvd_cifar.command import (DEFAULT_TRAIN_DIR, DeterminismFlags, DeviceFlags, TimelineFlags,
                                UserError, batch_size_int, count, first_line, flag, parse_command,
                                positive_float, positive_int, run_command, say)
@@ -341,23 +340,13 @@ def mpi_check():
 # The checks that need every rank
 
 def start_like_training(config):
-    """Start this process as training does (launch defaults, timeline, Horovod, one device,
-    deterministic ops); the facts of its place in the job. A device that cannot be pinned is
-    reported, not raised: the report says which rank it was."""
-    set_launch_defaults()
-    set_timeline(config.horovod_timeline, config.horovod_timeline_mark_cycles)
-    mpi = mpi_check()
-    start_horovod()  # Horovod: uses the MPI that mpi4py started, if any
-    facts = {"rank": hvd.rank(), "size": hvd.size(), "local_rank": hvd.local_rank(),
-             "local_size": hvd.local_size(), "host": socket.gethostname(), "mpi": mpi}
-    try:
-        facts["device"] = pin_devices(facts["local_rank"], facts["local_size"],
-                                      config.threads_per_rank)
-    except UserError as error:
-        facts["device"] = f"none ({error})"
-    # After the devices are pinned, as training sets it: the step is timed as it would run.
-    facts["deterministic"] = set_op_determinism(config.deterministic, xla_compiles(config.xla))
-    return facts
+    """Start this process as training does; the facts of its place in the job. A device that
+    cannot be pinned is reported, not raised: the report says which rank it was."""
+    device, deterministic, mpi = rank_setup.start_like_training(
+        config, before_horovod=mpi_check, report_device_error=True)
+    return {"rank": hvd.rank(), "size": hvd.size(), "local_rank": hvd.local_rank(),
+            "local_size": hvd.local_size(), "host": socket.gethostname(), "mpi": mpi,
+            "device": device, "deterministic": deterministic}
 
 
 def gpu_facts(config, rank):

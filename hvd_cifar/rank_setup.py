@@ -133,3 +133,26 @@ def op_determinism_enabled():
     # TensorFlow 2.15 keeps the question private (tf.config has only the switch).
     from tensorflow.python.framework import config as framework_config
     return framework_config.is_op_determinism_enabled()
+
+
+def start_like_training(config, before_horovod=None, report_device_error=False):
+    """Set this process up as training does, in its order: the launch defaults and the
+    timeline (read when Horovod starts), before_horovod() if given (hvd_cifar.check's MPI-alone
+    test, which must run before Horovod starts MPI), Horovod, one device a rank (a device that
+    cannot be pinned raises, or with report_device_error becomes "none (why)"), then
+    deterministic ops as --deterministic says. (device, whether ops are deterministic, what
+    before_horovod returned)."""
+    set_launch_defaults()
+    set_timeline(config.horovod_timeline, config.horovod_timeline_mark_cycles)
+    before = before_horovod() if before_horovod else None
+    # Horovod: start the controller (MPI or Gloo) and learn this process's place in the job.
+    start_horovod()
+    try:
+        # Horovod: one GPU per rank, by its rank on this host.
+        device = pin_devices(hvd.local_rank(), hvd.local_size(), config.threads_per_rank)
+    except UserError as error:
+        if not report_device_error:
+            raise
+        device = f"none ({error})"
+    deterministic = set_op_determinism(config.deterministic, xla_compiles(config.xla))
+    return device, deterministic, before

@@ -31,8 +31,7 @@ from hvd_cifar.data import download, records
 from hvd_cifar.collectives import barrier, fail_together, lost_peer_reason
 from hvd_cifar.elastic import ElasticState
 from hvd_cifar.rank_setup import (controller_name, determinism_words, op_determinism_enabled,
-                                  pin_devices, set_launch_defaults, set_op_determinism,
-                                  set_timeline, start_horovod, xla_compiles)
+                                  start_like_training, xla_compiles)
 from hvd_cifar.supervision import LauncherAndMakeWatch, StopRequest, Watchdog
 from hvd_cifar import train_dir as train_dir_lib
 from hvd_cifar.output import RunOutput
@@ -84,16 +83,11 @@ class TrainConfig(StepConfig, TimelineFlags, DeterminismFlags, download.DataSour
 
 
 def train(config):
-    set_launch_defaults()
-    set_timeline(config.horovod_timeline, config.horovod_timeline_mark_cycles)
     if config.elastic and os.environ.get("HOROVOD_ELASTIC") != "1":
         raise UserError("--elastic needs an elastic launch: horovodrun --min-np N --max-np M "
                         "--host-discovery-script SCRIPT (see launch/elastic.sh)")
-    # Horovod: start the controller (MPI or Gloo) and learn this process's place in the job.
-    start_horovod()
-    # Horovod: one GPU per rank, by its rank on this host.
-    device = pin_devices(hvd.local_rank(), hvd.local_size(), config.threads_per_rank)
-    set_op_determinism(config.deterministic, xla_compiles(config.xla))
+    # Horovod: start the controller, learn this process's place, pin one GPU (or cores).
+    device, _, _ = start_like_training(config)
     # Python, NumPy and TensorFlow: Keras initializers without a seed draw one from Python.
     tf.keras.utils.set_random_seed(config.seed)
     # Horovod: the rate and the optimizer follow the number of workers.

@@ -201,7 +201,9 @@ def all_flags(module):
     one (its default, else its first choice, or 1)."""
     import dataclasses
     import importlib
-    fields = dataclasses.fields(getattr(importlib.import_module(module), CONFIG_CLASSES[module]))
+    fields = [field for field in dataclasses.fields(getattr(importlib.import_module(module),
+                                                             CONFIG_CLASSES[module]))
+              if not field.metadata.get("not_a_flag")]  # a setting the command works out
     flags = []
     for field in fields:
         for spelling in sorted({field.name, field.name.replace("_", "-")}):
@@ -216,12 +218,12 @@ def all_flags(module):
 # Run by horovodrun: the command's own parser reads what reached the process, and the values
 # it parsed are printed, so a flag horovodrun took, dropped or changed shows.
 PARSE = """
-import dataclasses, importlib, json, sys
-from hvd_cifar.command import parse_command
+import importlib, json, sys
+from hvd_cifar.command import flag_values, parse_command
 module, config_class = sys.argv[1], sys.argv[2]
 config = parse_command(getattr(importlib.import_module(module), config_class), module, "",
                        sys.argv[3:])
-print("PARSED " + json.dumps({k: str(v) for k, v in dataclasses.asdict(config).items()}))
+print("PARSED " + json.dumps({k: str(v) for k, v in flag_values(config).items()}))
 """
 
 

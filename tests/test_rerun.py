@@ -1,18 +1,17 @@
 """Redoing a recorded run from its run.json (hvd_cifar.rerun, make reproduce FROM=)."""
-import dataclasses
 import json
 import sys
 
 import pytest
 
 from helpers import REPO_ROOT, run
-from hvd_cifar.command import UserError, parse_command
+from hvd_cifar.command import UserError, flag_values, parse_command
 from hvd_cifar.rerun import RerunConfig, check_data, read_record, rerun_command, train_arguments
 from hvd_cifar.train import TrainConfig
 
 
 def recorded_flags(*argv):
-    return dataclasses.asdict(parse_command(TrainConfig, "train", "", list(argv)))
+    return flag_values(parse_command(TrainConfig, "train", "", list(argv)))
 
 
 def test_the_rerun_sets_every_recorded_flag_and_its_own_folders():
