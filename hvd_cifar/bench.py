@@ -207,6 +207,40 @@ def bench_inputs(config, scratch_dir):
 # ---------------------------------------------------------------------------------------------
 # hvd_cifar under Horovod
 
+def timed_steps(config, replica, batches):
+    """Seconds of each of config.steps training steps, after config.warmup_steps untimed."""
+    from hvd_cifar.collectives import barrier
+    for _ in range(config.warmup_steps):
+        replica.step(batches)
+    barrier("before_steps")
+    durations = []
+    for _ in range(config.steps):
+        start = time.perf_counter()
+        loss, _ = replica.step(batches)
+        float(loss)
+        durations.append(time.perf_counter() - start)
+    return durations
+
+
+def gradient_allreduce_ms(config, replica, size):
+    """Horovod: the step's all-reduce timed alone, one step's gradients fused as in training;
+    0 for a one-rank job, whose all-reduce Horovod skips."""
+    import horovod.tensorflow as hvd
+    from hvd_cifar.collectives import barrier
+    if size == 1:
+        return 0.0
+    gradients = [tf.ones_like(v) for v in replica.model.trainable_variables]
+    compression = hvd.Compression.fp16 if config.fp16_allreduce else hvd.Compression.none
+    for repeat in range(config.warmup_steps + config.steps):
+        if repeat == config.warmup_steps:
+            barrier("before_allreduce")
+            start = time.perf_counter()
+        reduced = hvd.grouped_allreduce(gradients, compression=compression,
+                                        name="bench_gradients")
+    reduced[0].numpy()
+    return 1000 * (time.perf_counter() - start) / config.steps
+
+
 def bench_horovod(config, scratch_dir):
     import horovod.tensorflow as hvd
     from hvd_cifar.collectives import barrier
@@ -239,39 +273,13 @@ def bench_horovod(config, scratch_dir):
     replica = Replica(choose_optimizer(step_config, size), size, steps_per_epoch=1)
     hvd.broadcast_variables(replica.state_variables(), root_rank=0)
 
-    def timed_steps(batches):
-        for _ in range(config.warmup_steps):
-            replica.step(batches)
-        barrier("before_steps")
-        durations = []
-        for _ in range(config.steps):
-            start = time.perf_counter()
-            loss, _ = replica.step(batches)
-            float(loss)
-            durations.append(time.perf_counter() - start)
-        return durations
-
     global_batch = config.batch_size * size
-    synthetic = step_statistics(timed_steps(iter(pipeline.synthetic_dataset(config.batch_size,
-                                                                         rank))),
-                                global_batch, size)
-    real = step_statistics(timed_steps(batches_by_path["host"]),
+    synthetic = step_statistics(timed_steps(
+        config, replica, iter(pipeline.synthetic_dataset(config.batch_size, rank))),
+        global_batch, size)
+    real = step_statistics(timed_steps(config, replica, batches_by_path["host"]),
                            global_batch, size)
-
-    # Horovod: the step's all-reduce timed alone: one step's gradients, fused as in training.
-    gradients = [tf.ones_like(v) for v in replica.model.trainable_variables]
-    compression = hvd.Compression.fp16 if config.fp16_allreduce else hvd.Compression.none
-    allreduce_ms = 0.0
-    if size > 1:  # Horovod skips the all-reduce of a one-rank job
-        for repeat in range(config.warmup_steps + config.steps):
-            if repeat == config.warmup_steps:
-                barrier("before_allreduce")
-                start = time.perf_counter()
-            reduced = hvd.grouped_allreduce(gradients, compression=compression,
-                                            name="bench_gradients")
-        reduced[0].numpy()
-        allreduce_ms = 1000 * (time.perf_counter() - start) / config.steps
-
+    allreduce_ms = gradient_allreduce_ms(config, replica, size)
     flops_per_image = training_flops_per_image(replica.model)
     gflops = flops_per_image * synthetic["images_per_sec"] / 1e9
     result = {
