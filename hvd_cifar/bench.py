@@ -348,9 +348,9 @@ def bench_multiworker(config):
     cluster = json.loads(os.environ["TF_CONFIG"])
     workers = len(cluster["cluster"]["worker"])
     # The workers share the host's cores like Horovod's ranks do.
-    threads = cpu_threads_per_rank(config.threads_per_rank, len(os.sched_getaffinity(0)), workers)
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    from hvd_cifar.rank_setup import use_cpu_threads
+    use_cpu_threads(cpu_threads_per_rank(config.threads_per_rank, len(os.sched_getaffinity(0)),
+                                         workers))
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = compiled_model()

@@ -94,9 +94,14 @@ def pin_devices(local_rank, local_size, threads_per_rank=0):
             tf.config.experimental.set_memory_growth(device, True)
         tf.config.set_visible_devices(gpu, "GPU")
         return f"GPU:{local_rank}"
+    use_cpu_threads(threads)
+    return f"CPU/{threads} threads"
+
+
+def use_cpu_threads(threads):
+    """TensorFlow's two thread pools at threads each: a rank's share of the host's cores."""
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
-    return f"CPU/{threads} threads"
 
 
 def xla_compiles(setting):
