@@ -25,7 +25,7 @@ import sys
 
 from hvd_cifar.command import UserError, argument, flag, parse_command, run_command, say
 from hvd_cifar.data import download, records
-from hvd_cifar.train_dir import RUN_RECORD_NAME
+from hvd_cifar.train_dir import RUN_RECORD_NAME, holds_a_run
 
 @dataclasses.dataclass
 class RerunConfig:
@@ -82,8 +82,7 @@ def rerun_command(config):
     """The horovodrun command line that redoes the recorded run."""
     record = read_record(config.run_json)
     data_dir = config.data_dir or record["flags"].get("data_dir")
-    if os.path.exists(os.path.join(config.train_dir, "checkpoint")) or os.path.exists(
-            os.path.join(config.train_dir, "run.json")):
+    if holds_a_run(config.train_dir):
         raise UserError(f"--train_dir {config.train_dir}: holds a run already; a rerun starts "
                         "from nothing (give a new folder)")
     check_data(record, data_dir)
