@@ -59,9 +59,12 @@ class StepConfig(DeviceFlags, AllreduceFlags, pipeline.AugmentFlags):
                                 non_negative_float)
     # The staircase under LARS too: a decay to 0 at --max_steps ended lower (lr_policy.md).
     lr_decay: str = flag("staircase", "after warm-up: the tutorial's staircase (x0.1 every "
-                         f"{NUM_EPOCHS_PER_DECAY:g} epochs), or polynomial: the rate falls as "
+                         "--epochs_per_decay epochs), or polynomial: the rate falls as "
                          "(1 - progress)^2 to 0 at --max_steps (You et al. 2017)",
                          choices=("staircase", "polynomial"))
+    epochs_per_decay: float = flag(NUM_EPOCHS_PER_DECAY, "epochs between the staircase's x0.1 "
+                                   "decays, counted from the start (the tutorial's "
+                                   f"{NUM_EPOCHS_PER_DECAY:g})", positive_float)
     momentum: float = flag(None, "momentum (default: 0 under SGD, as the tutorial; "
                            f"{LARS_MOMENTUM:g} under LARS)", non_negative_float)
     optimizer: str = flag(None, "sgd: the tutorial's SGD; lars: SGD whose step of each weight "
@@ -140,7 +143,8 @@ def optimizer_record(config):
     return {"optimizer": config.optimizer, "momentum": config.momentum,
             "trust_coefficient": config.trust_coefficient if lars else None,
             "lars_output_layer": config.lars_output_layer if lars else None,
-            "warmup_epochs": config.warmup_epochs, "lr_decay": config.lr_decay}
+            "warmup_epochs": config.warmup_epochs, "lr_decay": config.lr_decay,
+            "epochs_per_decay": config.epochs_per_decay}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,9 +218,12 @@ def learning_rate_schedule(config, size, steps_per_epoch, end_step=None):
         if end_step is None:
             raise ValueError("a polynomial decay needs the step it ends at")
         rule += f", polynomial decay to 0 at step {end_step}"
+    decay_steps = int(config.epochs_per_decay * steps_per_epoch)
+    if not polynomial and config.epochs_per_decay != NUM_EPOCHS_PER_DECAY:
+        rule += f", x{LEARNING_RATE_DECAY_FACTOR:g} every {decay_steps} steps"
     schedule = LearningRateSchedule(warmup_start, peak_lr,
                                     int(round(warmup_epochs * steps_per_epoch)),
-                                    int(NUM_EPOCHS_PER_DECAY * steps_per_epoch),
+                                    max(decay_steps, 1),
                                     end_step=end_step if polynomial else None)
     return schedule, rule
 
