@@ -11,7 +11,7 @@ import time
 
 import tensorflow as tf
 
-from hvd_cifar import checkpoint as checkpoint_lib, plan, train_dir as train_dir_lib
+from hvd_cifar import checkpoint as checkpoint_lib, plan, policy, train_dir as train_dir_lib
 from hvd_cifar.command import UserError, count, first_line, say
 
 
@@ -81,6 +81,12 @@ class RunOutput:
         self.line(f"hvd_cifar: optimizer: {replica.optimizer_rule}")
         if not config.synthetic:
             self.line(f"hvd_cifar: {plan.expected_images_line(record['global_batch'])}")
+        workers = record["global_batch"] // config.batch_size
+        measured_setting = policy.settings_differing(config, workers)
+        if measured_setting:
+            self.line(f"hvd_cifar: note: the defaults follow the {count(workers, 'worker')}, as "
+                      f"measured at {policy.TUTORIAL_BATCH} a worker; the setting measured for "
+                      f"global batch {record['global_batch']} is {measured_setting}")
         self.line("hvd_cifar: a rank that waits longer than "
                   + (f"{config.hang_timeout_secs:g} s" if config.hang_timeout_secs else "ever")
                   + " for a step, its all-reduce or a checkpoint ends the job "

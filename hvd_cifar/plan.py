@@ -19,7 +19,7 @@ import json
 import math
 import os
 
-from hvd_cifar import model as model_lib
+from hvd_cifar import model as model_lib, policy
 from hvd_cifar.command import (UserError, flag, parse_command, positive_float, positive_int,
                                run_command, say)
 
@@ -194,7 +194,19 @@ def plan_table(gpus, inputs):
             f"{seconds_text(row['0.80'])} s to 0.80"
             + (" (more GPUs need a global batch not yet shown to reach 0.80, or an "
                "all-reduce across nodes that costs more than it saves)" if used < gpus else ""))
+        lines.append("Train it with: " + train_command(used, row["batch_per_gpu"], inputs))
     return "\n".join(lines)
+
+
+def train_command(gpus, batch_per_gpu, inputs):
+    """The command that trains with gpus GPUs of batch_per_gpu and the setting measured at their
+    global batch (at another batch than 128 a GPU the defaults, which follow the number of
+    workers, would give another)."""
+    hosts = "" if gpus <= inputs["gpus_per_node"] else " -hostfile hosts"
+    flags = policy.flags_text(policy.settings_for_global_batch(batch_per_gpu, gpus))
+    if batch_per_gpu == policy.TUTORIAL_BATCH:
+        flags = "(at 128 a GPU its defaults are the policy's setting)"
+    return f"horovodrun -np {gpus}{hosts} python -m hvd_cifar.train {flags}"
 
 
 def expected_images_line(global_batch, inputs=None):

@@ -14,28 +14,12 @@ from hvd_cifar import checkpoint as checkpoint_lib, model as model_lib
 from hvd_cifar.command import (AllreduceFlags, DeviceFlags, UserError, batch_size_int, flag,
                                non_negative_float, positive_float, positive_int, setting)
 from hvd_cifar.data import pipeline
+from hvd_cifar.policy import (DEFAULT_MAX_LR, DEFAULT_WARMUP_EPOCHS, INITIAL_LEARNING_RATE,
+                              LARS_FROM_WORKERS, LARS_MOMENTUM, LARS_TRUST_PER_WORKER,
+                              LARS_WARMUP_EPOCHS, LEARNING_RATE_DECAY_FACTOR, MOVING_AVERAGE_DECAY,
+                              NUM_EPOCHS_PER_DECAY, TUTORIAL_BATCH, default_warmup_epochs)
 from hvd_cifar.rank_setup import xla_compiles
 
-# The tutorial's cifar10.py constants describing the training process.
-INITIAL_LEARNING_RATE = 0.1        # Initial learning rate (per worker, before scaling).
-NUM_EPOCHS_PER_DECAY = 350.0       # Epochs after which the learning rate decays.
-LEARNING_RATE_DECAY_FACTOR = 0.1   # Learning rate decay factor.
-MOVING_AVERAGE_DECAY = 0.9999      # The decay to use for the moving average.
-
-DEFAULT_WARMUP_EPOCHS = 5.0   # Goyal et al. 2017: linear warm-up over the first 5 epochs.
-# The largest scaled rate that trains this network stably: at a global batch of 1024, caps of
-# 0.4 and 0.5 show loss jumps, 0.3 does not, and the linear rule's 0.8 at 8 workers oscillates
-# or diverges (docs/results/lr_policy.md).
-DEFAULT_MAX_LR = 0.3
-# The large-batch policy (docs/results/lr_policy.md): from this many workers on (W = ranks x
-# backward passes), LARS by default: at 8 and 32 workers SGD's capped rate makes too few updates
-# to keep up with batch 128, while LARS's matrices each step by their own share.
-LARS_FROM_WORKERS = 8
-# LARS's defaults: each weight matrix moves by rate x trust = 0.3 x 0.00125 x W of its norm an
-# update, the paper's 0.3% share at 8 workers, with momentum and a shorter warm-up.
-LARS_TRUST_PER_WORKER = 0.00125
-LARS_MOMENTUM = 0.9
-LARS_WARMUP_EPOCHS = 2.0
 # Stop when a logged loss exceeds this multiple of its running mean after warm-up.
 LOSS_EXPLOSION_FACTOR = 4.0
 
@@ -43,8 +27,9 @@ LOSS_EXPLOSION_FACTOR = 4.0
 @dataclasses.dataclass
 class StepConfig(DeviceFlags, AllreduceFlags, pipeline.AugmentFlags):
     """The flags of the training step and its learning rate (train.py adds the loop's)."""
-    batch_size: int = flag(128, "examples a rank processes in one backward pass; the global "
-                           "batch is batch_size x ranks x backward_passes_per_step", batch_size_int)
+    batch_size: int = flag(TUTORIAL_BATCH, "examples a rank processes in one backward pass; "
+                           "the global batch is batch_size x ranks x backward_passes_per_step",
+                           batch_size_int)
     lr: float = flag(INITIAL_LEARNING_RATE, "initial learning rate of one worker, before "
                      "scaling by ranks x backward_passes_per_step", positive_float)
     lr_scaling: str = flag("linear", "how the rate grows with W = ranks x "
@@ -208,8 +193,7 @@ def learning_rate_schedule(config, size, steps_per_epoch, end_step=None):
     warmup_epochs = config.warmup_epochs
     if warmup_epochs is None:
         # Horovod: warm up only when the rate was scaled.
-        warmup_epochs = ((LARS_WARMUP_EPOCHS if lars else DEFAULT_WARMUP_EPOCHS)
-                         if workers > 1 else 0.0)
+        warmup_epochs = default_warmup_epochs(lars, workers)
     # SGD warms up from one worker's rate; LARS from the peak's share of one worker, as the
     # layer-wise steps start small whatever the cap.
     warmup_start = peak_lr / workers if lars else min(config.lr, peak_lr)
