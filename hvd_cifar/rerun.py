@@ -49,6 +49,10 @@ def read_record(path):
     if not isinstance(record, dict) or missing:
         raise UserError(f"{path}: this run.json records no {' and no '.join(missing or ['flags'])}"
                         " (written before runs recorded how to redo them)")
+    if record.get("earlier_setups"):
+        raise UserError(f"{path}: the run was resumed with another set-up than it started with "
+                        "(earlier_setups), so its last flags alone would not redo it: rerun the "
+                        "first set-up to the step of the change, then resume with these flags")
     return record
 
 

@@ -49,6 +49,17 @@ def test_a_record_without_flags_or_unreadable_is_refused(tmp_path):
         read_record(str(tmp_path / "gone.json"))
 
 
+def test_a_run_resumed_with_another_set_up_is_refused(tmp_path):
+    # Its flags are those of the last start: run from nothing they would not redo it.
+    path = tmp_path / "run.json"
+    record = {"ranks": 2, "flags": recorded_flags("--epochs_per_decay", "31.25")}
+    path.write_text(json.dumps(record))
+    assert read_record(str(path))["flags"]["epochs_per_decay"] == 31.25
+    path.write_text(json.dumps({**record, "earlier_setups": [{"ranks": 2, "lr_rule": "x"}]}))
+    with pytest.raises(UserError, match="resumed with another set-up than it started with"):
+        read_record(str(path))
+
+
 def test_other_data_and_a_used_train_dir_are_refused(trained, tiny_data, tmp_path):
     data_dir, train_dir = trained[0], trained[1]
     record = read_record(str(train_dir / "run.json"))
