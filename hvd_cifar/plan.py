@@ -8,7 +8,8 @@ projection, from measured images-to-accuracy and per-GPU rates (plan_inputs.json
 For each per-GPU batch: the global batch (GPUs x batch), the images it needs to reach the
 target (measured at that global batch, interpolated between measured ones, or unknown), one
 step's compute and ring all-reduce time (no overlap: the pessimistic case), and the seconds of
-training, as a range between the high and the low per-GPU rate. Nothing here runs on a GPU.
+training, as a range between the high and the low per-GPU rate; then the recommendation and the
+command that trains it with the setting measured at its global batch. Nothing here runs on a GPU.
 """
 if __name__ == "__main__":  # a command: TensorFlow's C++ lines begin at its import
     from hvd_cifar.native_logs import quiet_native_logs
