@@ -10,9 +10,9 @@ LEARNING_RATE_DECAY_FACTOR = 0.1   # Learning rate decay factor.
 MOVING_AVERAGE_DECAY = 0.9999      # The decay to use for the moving average.
 
 DEFAULT_WARMUP_EPOCHS = 5.0   # Goyal et al. 2017: linear warm-up over the first 5 epochs.
-# The largest scaled rate that trains this network stably: at a global batch of 1024, caps of
-# 0.4 and 0.5 show loss jumps, 0.3 does not, and the linear rule's 0.8 at 8 workers oscillates
-# or diverges (docs/results/lr_policy.md).
+# The largest scaled rate that trains this network stably at a global batch of 1024; larger
+# caps, and the linear rule's rate at 8 workers, make the loss jump or diverge
+# (docs/results/lr_policy.md).
 DEFAULT_MAX_LR = 0.3
 # The large-batch policy (docs/results/lr_policy.md): from this many workers on (W = ranks x
 # backward passes), LARS by default: at 8 and 32 workers SGD's capped rate makes too few updates
