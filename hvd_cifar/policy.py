@@ -1,6 +1,7 @@
 """The training policy's numbers: the tutorial's schedule, and how the optimizer and its rate
 follow the global batch (docs/results/lr_policy.md). Free of TensorFlow and Horovod, so the
 planner can say which flags give a run the setting that was measured."""
+import math
 
 # The tutorial's cifar10.py constants describing the training process.
 TUTORIAL_BATCH = 128               # One worker's batch, as the policy was measured with.
@@ -63,15 +64,14 @@ def settings_differing(config, workers):
         warmup = default_warmup_epochs(config.optimizer == "lars", workers)
     given = {"batch_size": config.batch_size, "lr": config.lr, "optimizer": config.optimizer,
              "trust_coefficient": config.trust_coefficient, "warmup_epochs": warmup}
-    if any(not _same(given[name], value) for name, value in measured.items()):
-        return flags_text(measured)
-    return ""
+    def same(name, value):
+        if isinstance(value, float) and given[name] is not None:
+            return math.isclose(given[name], value, rel_tol=1e-9, abs_tol=1e-12)
+        return given[name] == value
 
-
-def _same(a, b):
-    if isinstance(b, float) and a is not None:
-        return abs(a - b) <= 1e-9 * max(abs(b), 1.0)
-    return a == b
+    if all(same(name, value) for name, value in measured.items()):
+        return ""
+    return flags_text(measured)
 
 
 def flags_text(settings):

@@ -12,7 +12,7 @@ from helpers import REPO_ROOT
 PACKAGE = os.path.join(REPO_ROOT, "hvd_cifar")
 # Code that must run and be read without Horovod.
 HOROVOD_FREE = ("model.py", "data/*.py", "checkpoint.py", "output.py", "train_dir.py",
-                "files.py", "command.py", "processes.py", "classifier.py")
+                "files.py", "command.py", "processes.py", "classifier.py", "policy.py")
 
 
 def module_name(path):

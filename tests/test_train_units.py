@@ -366,3 +366,18 @@ def test_timed_batches_keep_the_last_batch_and_the_time_waited_for_it(monkeypatc
     assert [next(batches), next(batches)] == ["a", "b"] and batches.last == "b"
     assert batches.take_wait() == 4.0 and batches.take_wait() == 0.0
     assert batches.shard is None
+
+
+def test_epochs_per_decay_places_the_staircase_and_the_rule_says_where():
+    # 6 steps an epoch, x0.1 every 66.7 epochs: at step 400 (int(400.2)), again at 800.
+    config = replica_lib.StepConfig(backward_passes_per_step=32, optimizer="lars",
+                                    max_lr=0.3, warmup_epochs=2, epochs_per_decay=66.7)
+    schedule, rule = lr_schedule(config, 2, 6)
+    assert rule == "linear scaling: 0.1 x 64 = 6.4, capped by --max_lr 0.3, x0.1 every 400 steps"
+    rates = [float(schedule(step)) for step in (399, 400, 799, 800)]
+    assert rates == pytest.approx([0.3, 0.03, 0.03, 0.003])
+    # The tutorial's 350 epochs: the rule does not mention it, the first decay at 2100 steps.
+    schedule, rule = lr_schedule(replica_lib.StepConfig(backward_passes_per_step=32,
+                                                        optimizer="lars", max_lr=0.3), 2, 6)
+    assert rule == "linear scaling: 0.1 x 64 = 6.4, capped by --max_lr 0.3"
+    assert schedule.decay_steps == 2100
